@@ -1,0 +1,106 @@
+"""Atomic checkpoints: write to a temporary file, fsync, rename; load with weights_only=True.
+
+A checkpoint is a dict of tensors and plain values (phi, optimizer and scheduler states, RNG
+states, iteration, W&B run id, the config fingerprint). The newest loadable one wins; a corrupt
+newest file falls back to the one before with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write
+from .config import ReptileExpError
+
+log = logging.getLogger(__name__)
+PATTERN = re.compile(r"ckpt-(\d+)\.pt$")
+
+
+class CheckpointError(ReptileExpError):
+    pass
+
+
+def first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
+    """Dotted key of the first difference between two nested dicts (None when equal)."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found), key=str):
+            diff = first_difference(expected.get(key), found.get(key), f"{prefix}{key}.")
+            if diff:
+                return diff
+        return None
+    if expected != found:
+        return f"{prefix[:-1]}: this run has {expected!r}, the checkpoint has {found!r}"
+    return None
+
+
+class Checkpointer:
+    """Keeps the newest `keep` checkpoints ckpt-<iteration>.pt of one run in `directory`."""
+
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory, self.keep = Path(directory), keep
+
+    def paths(self) -> list[Path]:
+        """Checkpoints of this directory, newest first."""
+        found = [(int(m.group(1)), p) for p in self.directory.glob("ckpt-*.pt") if (m := PATTERN.search(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def save(self, state: dict, iteration: int) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"ckpt-{iteration:08d}.pt"
+        try:
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+        except OSError as e:
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept, "
+                "free disk space or point paths.log_dir elsewhere and re-run the same command to resume"
+            ) from e
+        for old in self.paths()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> tuple[dict, Path] | None:
+        """The newest checkpoint that loads, or None when there is none."""
+        paths = self.paths()
+        for i, path in enumerate(paths):
+            try:
+                return load(path), path
+            except CheckpointError as e:
+                if i + 1 < len(paths):
+                    log.warning("%s; falling back to %s", e, paths[i + 1].name)
+                else:
+                    raise
+        return None
+
+
+def load(path: Path) -> dict:
+    """Load a checkpoint with weights_only=True: a pickle that would run code is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoint=<ckpt-*.pt file or run dir>")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds objects other than tensors and plain values (refused: loading it could run code)"
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {reason}") from None
+    if not isinstance(state, dict) or "phi" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a reptile_exp checkpoint (no 'phi' entry)")
+    return state
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or the newest checkpoint in a run dir (or its checkpoints/ folder)."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            found = Checkpointer(folder).paths()
+            if found:
+                return found[0]
+        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}")
+    return path

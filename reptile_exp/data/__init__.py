@@ -1,0 +1,1 @@
+"""Task distributions: sine regression and N-way K-shot image classification."""

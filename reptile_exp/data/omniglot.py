@@ -1,0 +1,214 @@
+"""Omniglot as the official Reptile code prepares it (REFERENCE.md section 4).
+
+Both sets merged, alphabets and characters in sorted order, shuffled with `random.seed(0)`; the first 1200
+characters train (each rotated by 0/90/180/270 degrees into 4 classes), the other 423 test. Images are the
+1-bit PNGs resized to 28x28 (nearest neighbour), values 0/1 with background 1. The files are read from the
+official zips, their extracted folders or torchvision's `omniglot-py/` layout, and checked by content, not by
+md5 (GUIDE section 4: re-packed zips are fine). Decoded characters are cached next to the data.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+import zlib
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from reptile_exp.config import ConfigError
+from reptile_exp.data.fewshot import (
+    DatasetError,
+    DatasetNotFoundError,
+    FewShotClassification,
+    FewShotSplit,
+    cache_file,
+    fingerprint,
+    load_cache,
+    save_cache,
+)
+
+SETS = ("images_background", "images_evaluation")
+URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+SIZE = 28
+
+
+class Omniglot(FewShotClassification):
+    """N-way K-shot Omniglot tasks (REFERENCE.md sections 4 and 6).
+
+    val_characters > 0 moves the last val_characters of the 1200 training characters into an unrotated
+    "val" split. The decoded characters are cached in cache_dir (default root/.reptile_exp_cache).
+    """
+
+    expected = (50, 1623, 20)  # alphabets, characters, drawings per character
+    image_shape, pixel_levels, pixel_scale = (1, SIZE, SIZE), 2, 1.0
+    num_train = 1200
+
+    def __init__(
+        self,
+        root: str,
+        n_way: int = 5,
+        k_shot: int = 1,
+        train_shots: int = 10,
+        val_characters: int = 0,
+        download: bool = False,
+        cache: bool = True,
+        cache_dir: str | None = None,
+    ):
+        if not 0 <= val_characters < self.num_train:
+            raise ConfigError(f"dataset.val_characters={val_characters} must be in [0, {self.num_train})")
+        root = Path(root).expanduser()
+        sources = find_sources(root, download)
+        path = cache_file(root, cache, cache_dir, "omniglot-v1.pt")
+        key = fingerprint(sources, format="omniglot-v1", expected=list(self.expected))
+        data = load_cache(path, key)
+        if data is None:
+            data = decode(sources, self.expected)
+            save_cache(path, key, data)
+        splits = split_characters(data["images"], data["names"], self.num_train, val_characters)
+        super().__init__(splits, n_way, k_shot, train_shots)
+
+
+def missing_error(root: Path, missing: list[str], download_failure: str = "") -> DatasetNotFoundError:
+    """The one-line "put the files here" error."""
+    where = f"{root}" if root.is_dir() else f"{root} (which does not exist)"
+    fix = f"download failed ({download_failure})" if download_failure else "or set dataset.download=true"
+    return DatasetNotFoundError(
+        f"Omniglot not found: {', '.join(missing)} missing in {where}; put images_background.zip and "
+        f"images_evaluation.zip from https://github.com/brendenlake/omniglot (python/) there, {fix}"
+    )
+
+
+def find_sources(root: Path, download: bool) -> list[Path]:
+    """The zip or extracted folder of each set, downloading the zips if asked and needed."""
+
+    def find(name: str) -> Path | None:
+        candidates = [
+            root / f"{name}.zip",
+            root / name,
+            root / "omniglot-py" / f"{name}.zip",
+            root / "omniglot-py" / name,
+        ]
+        return next((p for p in candidates if p.exists()), None)
+
+    missing = [f"{name}.zip" for name in SETS if find(name) is None]
+    if missing and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        for name in missing:
+            try:
+                download_and_extract_archive(URL + name, str(root), filename=name)
+            except Exception as e:  # no network, HTTP error, partial file: all mean "put the files here"
+                raise missing_error(root, missing, f"{type(e).__name__}: {e}") from e
+        missing = [f"{name}.zip" for name in SETS if find(name) is None]
+    if missing:
+        raise missing_error(root, missing)
+    return [find(name) for name in SETS]
+
+
+class Source:
+    """The PNG files of one set, read from a zip (without extracting it) or from a folder; a context manager."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zip = None
+        if path.suffix == ".zip":
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DatasetError(f"{path} is not a readable zip ({e}); download it again") from None
+            names = self.zip.namelist()
+        else:
+            names = [p.relative_to(path).as_posix() for p in path.rglob("*.png")]
+        # .../alphabet/character/NNNN_DD.png, without macOS metadata (__MACOSX/, ._NNNN_DD.png)
+        self.names = [
+            n for n in names if n.endswith(".png") and n.count("/") >= 2 and "__MACOSX" not in n and "/." not in n
+        ]
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.zip is not None:
+            self.zip.close()
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self.zip.read(name) if self.zip is not None else (self.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+            raise DatasetError(f"{self.path} is corrupt at {name} ({e}); download it again") from None
+
+
+def decode_png(data: bytes, where: str) -> np.ndarray:
+    """A 1-bit PNG as a 28x28 uint8 array of 0/1 (background 1), nearest-neighbour resized like the official code."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot decode {where} ({e}); download the data again") from None
+    if img.mode != "1":
+        raise DatasetError(f"{where} is a mode {img.mode!r} image, Omniglot PNGs are 1-bit; download the data again")
+    return np.asarray(img.resize((SIZE, SIZE), Image.NEAREST), dtype=np.uint8)
+
+
+def decode(paths: list[Path], expected: tuple[int, int, int]) -> dict:
+    """Every character's drawings, uint8 (characters, drawings, 28, 28), in sorted (alphabet, character) order."""
+    with ExitStack() as stack:
+        drawings = list_drawings([stack.enter_context(Source(p)) for p in paths], expected)
+        images = np.empty((len(drawings), expected[2], SIZE, SIZE), dtype=np.uint8)
+        with tqdm(total=images.shape[0] * images.shape[1], desc="Decoding Omniglot (once)", unit="img") as bar:
+            for i, files in enumerate(drawings.values()):
+                for j, (src, name) in enumerate(files):
+                    images[i, j] = decode_png(src.read(name), f"{src.path}:{name}")
+                bar.update(expected[2])
+    return {"images": torch.from_numpy(images), "names": ["/".join(c) for c in drawings]}
+
+
+def list_drawings(sources: list[Source], expected: tuple[int, int, int]) -> dict[tuple[str, str], list]:
+    """{(alphabet, character): [(source, png name)]} sorted like the official code, checked against `expected`."""
+    drawings: dict[tuple[str, str], list[tuple[Source, str]]] = {}
+    for src in sources:
+        for name in src.names:
+            alphabet, character = name.split("/")[-3:-1]
+            drawings.setdefault((alphabet, character), []).append((src, name))
+    found = (len({a for a, _ in drawings}), len(drawings))
+    if found != expected[:2]:
+        raise DatasetError(
+            f"Omniglot in {' + '.join(str(src.path) for src in sources)}: found {found[0]} alphabets and {found[1]} "
+            f"characters, expected {expected[0]} and {expected[1]}; download the two zips again"
+        )
+    for char, files in drawings.items():
+        if len(files) != expected[2]:
+            raise DatasetError(
+                f"Omniglot in {files[0][0].path}: {'/'.join(char)} has {len(files)} drawings, expected {expected[2]}; "
+                f"download it again"
+            )
+    return {char: sorted(drawings[char], key=lambda f: f[1]) for char in sorted(drawings)}
+
+
+def split_characters(images: torch.Tensor, names: list[str], num_train: int, val: int) -> dict[str, FewShotSplit]:
+    """The official split: shuffle with random.seed(0), first num_train train (x4 rotations), the rest test."""
+    order = list(range(len(names)))
+    random.Random(0).shuffle(order)
+    train, val_ids, test = order[: num_train - val], order[num_train - val : num_train], order[num_train:]
+
+    def split(ids: list[int]) -> FewShotSplit:
+        return FewShotSplit(images[ids].unsqueeze(2), [names[i] for i in ids])
+
+    # np.rot90 turns counter-clockwise, like PIL's img.rotate(90 * r); classes are character-major like the official
+    chars = images[train].numpy()
+    rotated = torch.from_numpy(np.stack([np.rot90(chars, r, axes=(-2, -1)) for r in range(4)], axis=1))
+    splits = {
+        "train": FewShotSplit(
+            rotated.flatten(0, 1).unsqueeze(2), [f"{names[i]}/rot{90 * r}" for i in train for r in range(4)]
+        ),
+        "test": split(test),
+    }
+    if val:
+        splits["val"] = split(val_ids)
+    return splits

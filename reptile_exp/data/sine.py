@@ -1,0 +1,104 @@
+"""Sine-wave regression tasks y = a sin(x + b) (REFERENCE.md section 8), sampled on the device."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import ConfigError
+from .tasks import TaskBatch, minibatch_schedule
+
+
+class Sine:
+    """The sine task distribution.
+
+    x_sampling "grid" is the Reptile setting: n_points evenly spaced x in x_range, the inner loop
+    passes over them in minibatches, and a test task adapts on k_shot of the grid points and is
+    scored on all of them. "uniform" is the MAML setting: k_shot support and k_shot query points
+    drawn uniformly from x_range, fresh for every task.
+    """
+
+    kind = "regression"
+    input_shape = (1,)
+
+    def __init__(
+        self,
+        amplitude: tuple[float, float] = (0.1, 5.0),
+        phase: tuple[float, float] = (0.0, 2 * math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+        n_points: int = 50,
+        k_shot: int = 10,
+        x_sampling: str = "grid",
+    ):
+        if x_sampling not in ("grid", "uniform"):
+            raise ConfigError(f"dataset.x_sampling={x_sampling!r}: choose 'grid' or 'uniform'")
+        self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
+        self.n_points, self.k_shot, self.x_sampling = n_points, k_shot, x_sampling
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> Sine:
+        self.device = torch.device(device)
+        return self
+
+    def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+        low, high = bounds
+        return low + (high - low) * torch.rand(shape, generator=g, device=self.device)
+
+    def _curves(self, num_tasks: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Amplitudes, phases (T, 1, 1) and inputs x (T, n, 1) of num_tasks new tasks."""
+        a = self._uniform((num_tasks, 1, 1), self.amplitude, g)
+        b = self._uniform((num_tasks, 1, 1), self.phase, g)
+        if self.x_sampling == "grid":
+            grid = torch.linspace(*self.x_range, self.n_points, device=self.device)
+            x = grid.view(1, -1, 1).expand(num_tasks, -1, -1)
+        else:
+            x = self._uniform((num_tasks, n, 1), self.x_range, g)
+        return a, b, x
+
+    def sample_train(
+        self,
+        num_tasks: int,
+        steps: int,
+        batch: int,
+        generator: torch.Generator,
+        replacement: bool = False,
+        query_shots: int = 0,
+    ) -> TaskBatch:
+        """Training tasks: the inner loop cycles over the grid (or k_shot random points)."""
+        n = self.n_points if self.x_sampling == "grid" else self.k_shot + query_shots
+        a, b, x = self._curves(num_tasks, n, generator)
+        y = a * torch.sin(x + b)
+        x_query = y_query = None
+        if query_shots:
+            perm = torch.rand(num_tasks, x.shape[1], generator=generator, device=self.device).argsort(-1)
+            rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
+            query, support = perm[:, :query_shots], perm[:, query_shots:]
+            x_query, y_query = x[rows, query], y[rows, query]
+            x, y = x[rows, support], y[rows, support]
+        batches = minibatch_schedule(num_tasks, x.shape[1], steps, batch, generator, replacement)
+        return TaskBatch(x.contiguous(), y.contiguous(), batches, x_query, y_query)
+
+    def sample_eval(
+        self, num_tasks: int, steps: int, batch: int, generator: torch.Generator, split: str = "test"
+    ) -> TaskBatch:
+        """Test tasks: adapt on k_shot points, score on the whole grid (or k_shot fresh points)."""
+        n = self.n_points if self.x_sampling == "grid" else 2 * self.k_shot
+        a, b, x = self._curves(num_tasks, n, generator)
+        y = a * torch.sin(x + b)
+        rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
+        support = torch.rand(num_tasks, x.shape[1], generator=generator, device=self.device).argsort(-1)
+        support = support[:, : self.k_shot]
+        if self.x_sampling == "grid":
+            x_query, y_query = x, y
+        else:
+            x_query, y_query = x[:, self.k_shot :], y[:, self.k_shot :]
+            support = torch.arange(self.k_shot, device=self.device).expand(num_tasks, -1)
+        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator)
+        return TaskBatch(
+            x[rows, support].contiguous(),
+            y[rows, support].contiguous(),
+            batches,
+            x_query.contiguous(),
+            y_query.contiguous(),
+        )

@@ -1,0 +1,71 @@
+"""The task batch every task distribution produces, and the inner-minibatch schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..config import ConfigError
+
+
+@dataclass
+class TaskBatch:
+    """T tasks stacked on dim 0 (GUIDE section 2).
+
+    x, y: the examples the inner loop trains on, (T, n, *input_shape) and (T, n) or (T, n, 1).
+    batches: (T, steps, batch) indices into dim 1 of x: the inner minibatches, in order.
+    x_query, y_query: held-out examples (evaluation queries, MAML's outer loss), or None.
+    """
+
+    x: Tensor
+    y: Tensor
+    batches: Tensor
+    x_query: Tensor | None = None
+    y_query: Tensor | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.x.shape[0]
+
+    def minibatch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of inner step `step` for every task: (T, batch, ...)."""
+        idx = self.batches[:, step]
+        rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+        return self.x[rows, idx], self.y[rows, idx]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
+        def move(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            t = t.to(device)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        return TaskBatch(move(self.x), move(self.y), self.batches.to(device), move(self.x_query), move(self.y_query))
+
+
+def minibatch_schedule(
+    num_tasks: int,
+    n: int,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    replacement: bool = False,
+) -> Tensor:
+    """Indices (num_tasks, steps, batch) of the inner minibatches (REFERENCE.md section 2).
+
+    Without replacement (the official `_mini_batches`): cycle through the n examples in passes,
+    reshuffling each pass; a minibatch may straddle two passes. With replacement: each minibatch
+    is `batch` distinct examples drawn afresh.
+    """
+    if batch > n and replacement:
+        raise ConfigError(f"inner_batch={batch} is invalid: with replacement it must be <= the task's {n} examples")
+    device = generator.device
+    if replacement:
+        keys = torch.rand(num_tasks, steps, n, generator=generator, device=device)
+        return keys.argsort(dim=-1)[..., :batch]
+    passes = -(-steps * batch // n)
+    keys = torch.rand(num_tasks, passes, n, generator=generator, device=device)
+    order = keys.argsort(dim=-1).reshape(num_tasks, passes * n)
+    return order[:, : steps * batch].reshape(num_tasks, steps, batch)

@@ -1,0 +1,119 @@
+"""Few-shot evaluation (REFERENCE.md sections 5 and 8): adapt to test tasks in vectorized chunks.
+
+Every test task starts from phi and the training-time inner-optimizer state; neither is modified.
+Classification: accuracy over tasks with a 95% confidence interval, transductive (the N queries
+in one batch) or not (each query in its own batch together with the support set, so BatchNorm
+sees support + that one query). Regression: MSE on the query points after 0..k_eval steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from .meta.learner import Learner
+from .meta.optim import Params, State
+
+
+def ci95(values: Tensor) -> float:
+    """Half-width of the normal 95% confidence interval of the mean of per-task values."""
+    n = values.numel()
+    return 1.96 * values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+
+
+def _non_transductive_logits(learner: Learner, weights: Params, x_support: Tensor, x_query: Tensor) -> Tensor:
+    """(T, q, n_way): query j of task t classified in one forward pass with all of t's support."""
+    num_queries = x_query.shape[1]
+    support = x_support.unsqueeze(1).expand(-1, num_queries, *x_support.shape[1:])
+    batches = torch.cat([support, x_query.unsqueeze(2)], dim=2)  # (T, q, n_support + 1, ...)
+    per_task = vmap(lambda w, xs: vmap(learner.forward, in_dims=(None, 0))(w, xs))
+    return per_task(weights, batches)[:, :, -1]
+
+
+def chunk_size(
+    learner: Learner,
+    phi: Params,
+    tasks_per_eval: int,
+    example_shape: tuple,
+    examples: int,
+    memory_mb: float,
+    requested: int = 0,
+) -> int:
+    """Tasks adapted together: `requested`, or as many as the activations of `examples` inputs per
+    task fit in memory_mb (estimated from one forward pass; parameters and Adam state included)."""
+    if requested:
+        return min(requested, tasks_per_eval)
+    with torch.no_grad():
+        probe = torch.zeros(1, *example_shape, device=next(iter(phi.values())).device)
+        sizes = []
+
+        def record(module, inputs, output):
+            sizes.append(output.numel())
+
+        handles = [m.register_forward_hook(record) for m in learner.model.modules() if not list(m.children())]
+        try:
+            learner.forward(phi, probe)
+        finally:
+            for h in handles:
+                h.remove()
+    floats_per_example = sum(sizes) + math.prod(example_shape)
+    params = sum(p.numel() for p in phi.values())
+    per_task_bytes = 4 * (3 * floats_per_example * examples + 6 * params)  # activations, grads, W, m, v
+    return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task_bytes)))
+
+
+@torch.no_grad()  # torch.func.grad inside adapt still differentiates (function transforms ignore it)
+def evaluate(
+    learner: Learner,
+    phi: Params,
+    state: State,
+    dataset,
+    split: str,
+    num_tasks: int,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    chunk: int,
+    transductive: bool = False,
+    curve: bool = False,
+) -> dict:
+    """Mean metric over num_tasks test tasks of `split`, with its 95% CI.
+
+    Returns {"accuracy", "accuracy_ci95"} for classification, {"mse", "mse_ci95", "mse_curve"}
+    for regression (the curve: mean MSE after 0..steps inner steps).
+    """
+    per_task, curves = [], []
+    phi = {n: p.detach() for n, p in phi.items()}
+    done = 0
+    while done < num_tasks:
+        tasks = dataset.sample_eval(min(chunk, num_tasks - done), steps, batch, generator, split=split)
+        tasks = tasks.to(tasks.x.device, next(iter(phi.values())).dtype)
+        done += tasks.num_tasks
+        if dataset.kind == "regression":
+            steps_mse = []
+
+            def observe(j, weights, tasks=tasks, steps_mse=steps_mse):
+                if curve or j == steps:
+                    out = learner.predict(weights, tasks.x_query)
+                    steps_mse.append(((out - tasks.y_query) ** 2).flatten(1).mean(1))
+
+            learner.adapt(phi, tasks, state, steps, observe=observe)
+            per_task.append(steps_mse[-1])
+            curves.append(torch.stack(steps_mse, dim=1))
+        else:
+            weights, _, _ = learner.adapt(phi, tasks, state, steps)
+            if transductive:
+                logits = learner.predict(weights, tasks.x_query)
+            else:
+                logits = _non_transductive_logits(learner, weights, tasks.x, tasks.x_query)
+            per_task.append((logits.argmax(-1) == tasks.y_query).double().mean(1))
+    values = torch.cat(per_task).double()
+    if dataset.kind == "regression":
+        result = {"mse": values.mean().item(), "mse_ci95": ci95(values)}
+        if curve:
+            result["mse_curve"] = torch.cat(curves).double().mean(0).tolist()
+        return result
+    return {"accuracy": values.mean().item(), "accuracy_ci95": ci95(values)}

@@ -1,0 +1,65 @@
+"""The plain serial reference: Algorithms 1 and 2 written literally with nn.Module and torch.optim.
+
+One task after another, a fresh copy of phi per task, the task's inner optimizer built by
+torch.optim; used by the tests (the task-batched engine must agree with it) and the benchmark
+(it is how the official code and most ports run).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..data.tasks import TaskBatch
+from .learner import Learner
+
+
+def _average_adam_states(states: list[dict]) -> dict:
+    """The engine's merge rule for inner Adam (see meta.optim.Adam): moments averaged over tasks."""
+    merged = copy.deepcopy(states[0])
+    for key, entry in merged["state"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            entry[moment] = torch.stack([s["state"][key][moment] for s in states]).mean(0)
+    return merged
+
+
+class SerialReptile:
+    """Reptile on an nn.Module, task by task.
+
+    `carry="merge"` starts every task of a meta-batch from the same inner-optimizer state and
+    averages the final states, as the task-batched engine does; `carry="sequential"` hands the
+    state from one task to the next, as the official code does (identical for meta-batch 1).
+    """
+
+    def __init__(
+        self, model: nn.Module, learner: Learner, outer_optimizer: torch.optim.Optimizer, carry: str = "merge"
+    ):
+        self.model, self.learner, self.outer_optimizer, self.carry = model, learner, outer_optimizer, carry
+        self.inner_state: dict | None = None
+
+    def outer_step(self, tasks: TaskBatch) -> None:
+        phi = [p.detach().clone() for p in self.model.parameters()]
+        adapted, final_states = [], []
+        for t in range(tasks.num_tasks):
+            task_model = copy.deepcopy(self.model)
+            inner = self.learner.inner_optimizer.torch_optimizer(task_model.parameters())
+            if self.inner_state is not None and not getattr(self.learner.inner_optimizer, "reset", False):
+                inner.load_state_dict(copy.deepcopy(self.inner_state))  # load_state_dict aliases tensors
+            for j in range(tasks.batches.shape[1]):
+                idx = tasks.batches[t, j]
+                inner.zero_grad()
+                self.learner.criterion(task_model(tasks.x[t, idx]), tasks.y[t, idx]).backward()
+                inner.step()
+            adapted.append([p.detach() for p in task_model.parameters()])
+            state = copy.deepcopy(inner.state_dict())
+            final_states.append(state)
+            if self.carry == "sequential":
+                self.inner_state = state
+        if self.carry == "merge" and final_states[0]["state"]:
+            self.inner_state = _average_adam_states(final_states)
+        self.outer_optimizer.zero_grad()
+        for p, p0, *ws in zip(self.model.parameters(), phi, *adapted):
+            p.grad = p0 - torch.stack(ws).mean(0)
+        self.outer_optimizer.step()

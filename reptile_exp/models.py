@@ -1,0 +1,98 @@
+"""The paper's networks: the sine MLP (section 8) and the two 4-block conv nets (REFERENCE.md section 3).
+
+BatchNorm always uses batch statistics (no running buffers), as the official code does; this also
+keeps every model a pure function of its parameters for `torch.func.functional_call` and `vmap`.
+Weights are Glorot-uniform with zero biases (TensorFlow's defaults).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ConfigError
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def glorot_init(module: nn.Module) -> nn.Module:
+    """Glorot-uniform weights and zero biases for every conv and linear layer (TF defaults)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+class MLP(nn.Sequential):
+    """Fully connected regressor, 1-64-64-1 tanh by default (REFERENCE.md section 8)."""
+
+    def __init__(
+        self, in_features: int = 1, hidden: tuple[int, ...] = (64, 64), out_features: int = 1, activation: str = "tanh"
+    ):
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation={activation!r}: choose one of {sorted(ACTIVATIONS)}")
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+        glorot_init(self)
+
+
+class Conv2dSame(nn.Conv2d):
+    """3x3 convolution with TensorFlow's "same" padding (the extra row/column goes at the end)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
+            out = math.ceil(size / s)
+            total = max((out - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride)
+
+
+def _batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, affine=True, track_running_stats=False)
+
+
+class OmniglotConvNet(nn.Sequential):
+    """4 x [conv 64 3x3 stride 2 same -> BN -> ReLU], 28-14-7-4-2, then linear N (113,221 params, 5-way)."""
+
+    def __init__(self, n_way: int = 5, in_channels: int = 1, channels: int = 64):
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                Conv2dSame(in_channels if i == 0 else channels, channels, 3, stride=2),
+                _batch_norm(channels),
+                nn.ReLU(),
+            ]
+        layers += [nn.Flatten(), nn.Linear(2 * 2 * channels, n_way)]
+        super().__init__(*layers)
+        glorot_init(self)
+
+
+class MiniImageNetConvNet(nn.Sequential):
+    """4 x [conv 32 3x3 same -> BN -> maxpool 2x2 same -> ReLU], 84-42-21-11-6, then linear N (34,661, 5-way)."""
+
+    def __init__(self, n_way: int = 5, in_channels: int = 3, channels: int = 32):
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                Conv2dSame(in_channels if i == 0 else channels, channels, 3, stride=1),
+                _batch_norm(channels),
+                nn.MaxPool2d(2, 2, ceil_mode=True),
+                nn.ReLU(),
+            ]
+        layers += [nn.Flatten(), nn.Linear(6 * 6 * channels, n_way)]
+        super().__init__(*layers)
+        glorot_init(self)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,147 @@
+"""Where a run reports: a JSON-lines metrics file, a JSON summary, and a Weights & Biases run.
+
+W&B mode "auto" is online when credentials exist (WANDB_API_KEY or a netrc entry) and offline
+otherwise, so a machine without them never prompts. Every W&B run is finished, with a failure
+exit code when the run raised.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def wandb_mode(mode: str) -> str:
+    """Resolve logger.mode "auto": online with credentials, else offline (WANDB_MODE wins if set)."""
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        rc = netrc.netrc(os.environ.get("NETRC"))
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
+        return "online" if rc.authenticators(host) else "offline"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return "offline"
+
+
+def _finite(record: dict) -> dict:
+    """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+
+
+class MetricsFile:
+    """metrics.jsonl: one JSON record per logged step, each with its `iteration`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past `iteration` (logged after the checkpoint a resume starts from)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.read() if line["iteration"] <= iteration]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                continue
+        return records
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_finite(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class Tracker:
+    """Metrics file + W&B run of one job; use as a context manager so the run is always finished."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        out_dir: Path,
+        run_id: str,
+        name: str,
+        group: str | None = None,
+        job_type: str | None = None,
+    ):
+        self.cfg, self.out_dir, self.run_id, self.name = cfg, Path(out_dir), run_id, name
+        self.group, self.job_type = group, job_type
+        self.metrics = MetricsFile(self.out_dir / "metrics.jsonl")
+        self.mode = wandb_mode(cfg.logger.mode)
+        self.run = None
+
+    def __enter__(self) -> Tracker:
+        if self.mode == "disabled":
+            return self
+        import wandb
+
+        self.run = wandb.init(
+            project=self.cfg.logger.project,
+            entity=self.cfg.logger.entity,
+            dir=str(self.out_dir),
+            id=self.run_id,
+            name=self.name,
+            group=self.group or self.cfg.logger.group,
+            job_type=self.job_type,
+            tags=list(self.cfg.logger.tags),
+            config=OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+            mode=self.mode,
+            resume="allow",
+            settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
+        )
+        if self.mode == "offline":
+            log.info(
+                "W&B offline run in %s; upload it later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent
+            )
+        return self
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.metrics.append(record)
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if k != "iteration"}, step=record["iteration"])
+
+    def log_images(self, images: dict[str, Path], iteration: int) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({k: wandb.Image(str(p)) for k, p in images.items()}, step=iteration)
+
+    def log_model(self, path: Path, aliases: list[str]) -> None:
+        if self.run is not None and self.cfg.logger.log_model:
+            import wandb
+
+            artifact = wandb.Artifact(f"model-{self.run_id}", type="model")
+            artifact.add_file(str(path), name="checkpoint.pt")
+            self.run.log_artifact(artifact, aliases=aliases)
+
+    def summarize(self, summary: dict[str, Any], path: Path) -> None:
+        atomic_write_text(path, json.dumps(_finite(summary), indent=2) + "\n")
+        if self.run is not None:
+            self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=0 if exc_type is None else 1)
+            self.run = None

@@ -1,0 +1,59 @@
+"""Shared helpers: run the real command line in a subprocess, read offline W&B runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cmd(*overrides: str, multirun: bool = False) -> list[str]:
+    return [sys.executable, "-m", "reptile_exp.train", *(["-m"] if multirun else []), *overrides]
+
+
+def clean_env(tmp_path: Path, **extra: str) -> dict:
+    """An environment without W&B credentials and with HOME in tmp_path (no netrc, no prompts)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        WANDB_DIR=str(tmp_path),
+        PYTHONUNBUFFERED="1",
+        REPTILE_EXP_OUTPUTS=str(tmp_path / "outputs"),
+        HYDRA_FULL_ERROR="0",
+    )
+    env.update(extra)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+def run_train(
+    tmp_path: Path, *overrides: str, multirun: bool = False, timeout: float = 600, check: bool = True, **env: str
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        train_cmd(*overrides, multirun=multirun),
+        cwd=ROOT,
+        env=clean_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def final_phi(run_dir: Path) -> dict:
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt-*.pt"))
+    return torch.load(ckpts[-1], weights_only=True)["phi"]
+
+
+@pytest.fixture
+def tmp_env(tmp_path):
+    return clean_env(tmp_path)

@@ -1,0 +1,277 @@
+"""Omniglot loader: layouts, the official split and rotations, cache, errors (REFERENCE.md section 4)."""
+
+import io
+import random
+import time
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from synthetic_data import ALPHABETS, SmallOmniglot, omniglot_pngs, png_bytes, write_omniglot
+
+import reptile_exp.data.omniglot as omniglot
+from reptile_exp.data.fewshot import DatasetError, DatasetNotFoundError
+
+REAL_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+
+
+@pytest.fixture(scope="module")
+def pngs() -> dict[str, bytes]:
+    return omniglot_pngs()
+
+
+@pytest.fixture
+def root(tmp_path, pngs) -> Path:
+    return write_omniglot(tmp_path / "omniglot", pngs)
+
+
+def reference_pixels(png: bytes, rotation: int = 0) -> np.ndarray:
+    """The official code's image: PIL resize to 28x28 (nearest for 1-bit), then rotate."""
+    return np.array(Image.open(io.BytesIO(png)).resize((28, 28)).rotate(rotation), dtype=np.uint8)
+
+
+def official_split(pngs: dict[str, bytes], num_train: int = 30) -> tuple[list[str], list[str]]:
+    """The official read_dataset + split_dataset: sorted alphabets, sorted characters, random.seed(0) shuffle."""
+    chars = sorted({tuple(p.split("/")[1:3]) for p in pngs})
+    state = random.getstate()
+    random.seed(0)
+    random.shuffle(chars)
+    random.setstate(state)
+    names = ["/".join(c) for c in chars]
+    return names[:num_train], names[num_train:]
+
+
+def no_decoding(*args):
+    raise AssertionError("decoded although the cache is valid")
+
+
+def drawings_of(pngs: dict[str, bytes], name: str) -> list[bytes]:
+    return [pngs[p] for p in sorted(pngs) if "/".join(p.split("/")[1:3]) == name]
+
+
+def test_random_instance_shuffle_equals_official_global_shuffle():
+    state = random.getstate()
+    random.seed(0)
+    official = list(range(1623))
+    random.shuffle(official)
+    random.setstate(state)
+    ours = list(range(1623))
+    random.Random(0).shuffle(ours)
+    assert ours == official
+
+
+@pytest.mark.parametrize("layout", ["zip", "folders", "torchvision"])
+def test_layouts_give_the_official_split(tmp_path, pngs, layout):
+    ds = SmallOmniglot(str(write_omniglot(tmp_path / layout, pngs, layout)), n_way=5, k_shot=1)
+    train, test = official_split(pngs)
+    assert ds.splits["test"].class_names == test
+    assert ds.splits["train"].class_names == [f"{n}/rot{r}" for n in train for r in (0, 90, 180, 270)]
+    assert set(ds.splits) == {"train", "test"}
+    assert ds.splits["train"].images.shape == (120, 20, 1, 28, 28)
+    assert ds.splits["test"].images.shape == (10, 20, 1, 28, 28)
+    assert ds.input_shape == (1, 28, 28) and ds.splits["test"].images.dtype == torch.uint8
+    assert sorted({n.split("/")[0] for n in train + test}) == sorted(ALPHABETS)
+
+
+def test_macos_metadata_in_zips_is_ignored(root, pngs):
+    with zipfile.ZipFile(root / "images_background.zip", "a") as z:
+        name = sorted(p for p in pngs if p.startswith("images_background"))[0]
+        z.writestr("__MACOSX/" + name.replace("/0", "/._0"), b"resource fork")
+        z.writestr(name.replace("/0", "/._0"), b"resource fork")
+    assert SmallOmniglot(str(root)).splits["test"].num_classes == 10
+
+
+def test_pixels_are_pil_resized_and_rotated(root, pngs):
+    ds = SmallOmniglot(str(root))
+    train, test = official_split(pngs)
+    for i in (0, 7):
+        for j, png in enumerate(drawings_of(pngs, test[i])[:3]):
+            assert np.array_equal(ds.splits["test"].images[i, j, 0].numpy(), reference_pixels(png))
+    for i in (0, 29):
+        png = drawings_of(pngs, train[i])[5]
+        for r in range(4):
+            assert np.array_equal(ds.splits["train"].images[4 * i + r, 5, 0].numpy(), reference_pixels(png, 90 * r))
+    values = ds.splits["train"].images
+    assert set(values.unique().tolist()) == {0, 1} and values.float().mean() > 0.5, "0/1, background 1"
+
+
+def test_val_characters_come_from_the_end_of_train_unrotated(root, pngs):
+    ds = SmallOmniglot(str(root), val_characters=6)
+    train, test = official_split(pngs)
+    assert ds.splits["val"].class_names == train[24:]
+    assert ds.splits["train"].class_names[::4] == [f"{n}/rot0" for n in train[:24]]
+    assert ds.splits["test"].class_names == test
+    assert ds.splits["val"].images.shape == (6, 20, 1, 28, 28)
+    with pytest.raises(ValueError, match="dataset.val_characters"):
+        SmallOmniglot(str(root), val_characters=30)
+
+
+def test_sampled_tasks_use_the_omniglot_splits(root):
+    ds = SmallOmniglot(str(root), n_way=5, k_shot=1, train_shots=10)
+    tb = ds.sample_train(3, 5, 10, torch.Generator().manual_seed(0))
+    assert tb.x.shape == (3, 50, 1, 28, 28) and set(tb.x.unique().tolist()) == {0.0, 1.0}
+    tb = ds.sample_eval(3, 50, 5, torch.Generator().manual_seed(0))
+    assert tb.x.shape == (3, 5, 1, 28, 28) and tb.x_query.shape == (3, 5, 1, 28, 28)
+
+
+def test_cache_is_reused_without_decoding(root, monkeypatch):
+    first = SmallOmniglot(str(root))
+    cache = root / ".reptile_exp_cache" / "omniglot-v1.pt"
+    mtime = cache.stat().st_mtime_ns
+    monkeypatch.setattr(omniglot, "decode_png", no_decoding)
+    second = SmallOmniglot(str(root), val_characters=5)
+    assert cache.stat().st_mtime_ns == mtime
+    assert torch.equal(first.splits["test"].images, second.splits["test"].images)
+
+
+def test_stale_cache_is_rebuilt(root, pngs):
+    SmallOmniglot(str(root))
+    name = sorted(p for p in pngs if p.startswith("images_evaluation"))[0]
+    changed = {**pngs, name: png_bytes(~np.eye(105, dtype=bool))}
+    write_omniglot(root, changed)
+    with pytest.warns(UserWarning, match="does not match"):
+        ds = SmallOmniglot(str(root))
+    char = "/".join(name.split("/")[1:3])
+    split = "test" if char in ds.splits["test"].class_names else "train"
+    names = [n.removesuffix("/rot0") for n in ds.splits[split].class_names]
+    assert np.array_equal(ds.splits[split].images[names.index(char), 0, 0].numpy(), reference_pixels(changed[name]))
+
+
+def test_corrupt_cache_is_rebuilt(root):
+    first = SmallOmniglot(str(root))
+    cache = root / ".reptile_exp_cache" / "omniglot-v1.pt"
+    cache.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        second = SmallOmniglot(str(root))
+    assert torch.equal(first.splits["train"].images, second.splits["train"].images)
+    assert cache.stat().st_size > 1000
+
+
+def test_unwritable_cache_falls_back_to_no_cache(root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.warns(UserWarning, match="cannot write cache"):
+        ds = SmallOmniglot(str(root), cache_dir=str(blocker / "cache"))
+    assert ds.splits["test"].num_classes == 10
+
+
+def test_cache_can_be_disabled_or_moved(root, tmp_path):
+    SmallOmniglot(str(root), cache=False)
+    assert not (root / ".reptile_exp_cache").exists()
+    SmallOmniglot(str(root), cache_dir=str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere" / "omniglot-v1.pt").is_file()
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_root_names_the_files_and_the_fix(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        SmallOmniglot(str(tmp_path / "nowhere"))
+    message = one_line(err)
+    assert isinstance(err.value, FileNotFoundError)
+    assert "images_background.zip" in message and "images_evaluation.zip" in message
+    assert "dataset.download=true" in message and "does not exist" in message
+
+
+def test_one_missing_zip_is_named(root):
+    (root / "images_evaluation.zip").unlink()
+    with pytest.raises(DatasetNotFoundError, match="images_evaluation.zip missing") as err:
+        SmallOmniglot(str(root))
+    one_line(err)
+
+
+def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    with pytest.raises(DatasetNotFoundError, match="download failed") as err:
+        SmallOmniglot(str(tmp_path), download=True)
+    assert "images_background.zip" in one_line(err)
+
+
+def test_download_fetches_missing_zips(tmp_path, pngs, monkeypatch):
+    source = write_omniglot(tmp_path / "server", pngs)
+    fetched = []
+
+    def fake_download(url, download_root, filename):
+        fetched.append(url)
+        Path(download_root).mkdir(parents=True, exist_ok=True)
+        (Path(download_root) / filename).write_bytes((source / filename).read_bytes())
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", fake_download)
+    ds = SmallOmniglot(str(tmp_path / "root"), download=True)
+    assert ds.splits["test"].num_classes == 10
+    assert fetched == [omniglot.URL + "images_background.zip", omniglot.URL + "images_evaluation.zip"]
+
+
+def test_truncated_zip_names_the_file(root):
+    path = root / "images_background.zip"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DatasetError, match="images_background.zip") as err:
+        SmallOmniglot(str(root))
+    one_line(err)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "grayscale"])
+def test_bad_png_names_the_file(tmp_path, pngs, damage):
+    name = sorted(p for p in pngs if p.startswith("images_evaluation"))[3]
+    bad = dict(pngs)
+    if damage == "truncated":
+        bad[name] = pngs[name][: len(pngs[name]) // 2]
+    else:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(pngs[name])).convert("L").save(buf, format="PNG")
+        bad[name] = buf.getvalue()
+    with pytest.raises(DatasetError, match=name) as err:
+        SmallOmniglot(str(write_omniglot(tmp_path, bad)), cache=False)
+    one_line(err)
+
+
+def test_corrupt_zip_member_names_the_member(root):
+    path = root / "images_evaluation.zip"
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(".png"))
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode())  # local header + name, no extra field
+    data[start : start + 40] = bytes(40)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=info.filename) as err:
+        SmallOmniglot(str(root), cache=False)
+    one_line(err)
+
+
+@pytest.mark.parametrize("drop", ["character", "drawing"])
+def test_unexpected_content_says_found_versus_expected(tmp_path, pngs, drop):
+    victim = sorted(pngs)[0].rsplit("/", 1)[0]
+    kept = {p: d for p, d in pngs.items() if not (p.startswith(victim + "/") and (drop == "character" or "_20" in p))}
+    with pytest.raises(DatasetError, match="expected") as err:
+        SmallOmniglot(str(write_omniglot(tmp_path, kept)), cache=False)
+    message = one_line(err)
+    assert ("39 characters" in message) if drop == "character" else ("19 drawings" in message)
+
+
+def test_real_omniglot(tmp_path, monkeypatch):
+    if not (REAL_OMNIGLOT / "images_background.zip").is_file():
+        pytest.skip(f"the real Omniglot zips are not in {REAL_OMNIGLOT}")
+    start = time.perf_counter()
+    ds = omniglot.Omniglot(str(REAL_OMNIGLOT), cache_dir=str(tmp_path))  # the shared folder stays untouched
+    decode_s = time.perf_counter() - start
+    assert len(ds.splits["train"].class_names) // 4 + len(ds.splits["test"].class_names) == 1623
+    assert ds.splits["train"].images.shape == (4800, 20, 1, 28, 28)
+    assert ds.splits["test"].images.shape == (423, 20, 1, 28, 28)
+    assert len({n.split("/")[0] for n in ds.splits["train"].class_names + ds.splits["test"].class_names}) == 50
+    monkeypatch.setattr(omniglot, "decode_png", no_decoding)
+    start = time.perf_counter()
+    again = omniglot.Omniglot(str(REAL_OMNIGLOT), cache_dir=str(tmp_path))
+    reload_s = time.perf_counter() - start
+    assert torch.equal(ds.splits["test"].images, again.splits["test"].images)
+    print(f"real Omniglot: decode {decode_s:.2f} s, cache reload {reload_s:.2f} s")
