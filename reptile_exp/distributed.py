@@ -7,7 +7,6 @@ Without an initialised process group everything here is the single-process ident
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
