@@ -57,3 +57,13 @@ def final_phi(run_dir: Path) -> dict:
 @pytest.fixture
 def tmp_env(tmp_path):
     return clean_env(tmp_path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, where no CUDA GPU is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -108,3 +108,29 @@ def test_one_step_reptile_is_sgd_on_mean_loss():
     grads = torch.autograd.grad(loss, list(params.values()))
     for (n, p), gr in zip(phi.items(), grads):
         assert torch.allclose(reptile[n], p - eps * alpha * gr, atol=1e-6, rtol=0)
+
+
+@pytest.mark.cuda
+def test_engine_matches_reference_on_cuda():
+    torch.manual_seed(0)
+    model = MLP().cuda()
+    tasks = [t.to("cuda") for t in _sine_tasks()]
+    assert _run_both_on(model, tasks, "cuda") < 1e-5
+
+
+def _run_both_on(model, task_list, device):
+    reference_model = copy.deepcopy(model)
+    learner = Learner(model, SGD(0.02))
+    outer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for tasks in task_list:
+        phi = {n: p.detach() for n, p in model.named_parameters()}
+        g, _, _ = Reptile().meta_gradient(learner, phi, tasks, {})
+        for n, p in model.named_parameters():
+            p.grad = g[n]
+        outer.step()
+    reference = SerialReptile(
+        reference_model, Learner(reference_model, SGD(0.02)), torch.optim.SGD(reference_model.parameters(), lr=0.5)
+    )
+    for tasks in task_list:
+        reference.outer_step(tasks)
+    return max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference_model.parameters()))

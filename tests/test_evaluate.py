@@ -1,0 +1,124 @@
+"""Few-shot evaluation (REFERENCE.md section 5): protocol, batch statistics, and no side effects."""
+
+import copy
+
+import pytest
+import torch
+
+from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
+from reptile_exp.data.sine import Sine
+from reptile_exp.evaluate import _non_transductive_logits, evaluate
+from reptile_exp.meta.learner import Learner
+from reptile_exp.meta.optim import Adam
+from reptile_exp.models import MLP, OmniglotConvNet
+
+
+def _dataset(n_way=3, k_shot=2, classes=8, per_class=6):
+    g = torch.Generator().manual_seed(0)
+    split = lambda: FewShotSplit(  # noqa: E731
+        torch.randint(0, 2, (classes, per_class, 1, 28, 28), generator=g, dtype=torch.uint8), [""] * classes
+    )
+    return FewShotClassification({"train": split(), "test": split()}, n_way, k_shot, train_shots=4)
+
+
+def _trained_state(learner, phi):
+    """An inner Adam state that is not all zeros, as after some meta-training."""
+    state = learner.inner_optimizer.init(phi)
+    state["step"] = 7
+    state["exp_avg_sq"] = {n: torch.rand_like(v) * 1e-3 for n, v in state["exp_avg_sq"].items()}
+    return state
+
+
+def test_evaluation_leaves_phi_and_the_training_optimizer_state_unchanged():
+    torch.manual_seed(0)
+    model = OmniglotConvNet(3).double()
+    learner = Learner(model, Adam(0.01), "cross_entropy", "sum")
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    state = _trained_state(learner, phi)
+    phi_before, state_before = copy.deepcopy(phi), copy.deepcopy(state)
+    for transductive in (False, True):
+        evaluate(
+            learner,
+            phi,
+            state,
+            _dataset(),
+            "test",
+            6,
+            5,
+            3,
+            torch.Generator().manual_seed(1),
+            chunk=4,
+            transductive=transductive,
+        )
+    assert all(torch.equal(phi[n], phi_before[n]) for n in phi)
+    assert state["step"] == state_before["step"]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert all(torch.equal(state[key][n], state_before[key][n]) for n in phi)
+
+
+def test_non_transductive_classifies_each_query_with_the_support_set():
+    """BatchNorm sees support + that one query; transductive: the N queries alone."""
+    torch.manual_seed(0)
+    model = OmniglotConvNet(3).double()
+    learner = Learner(model, Adam(0.01), "cross_entropy", "sum")
+    tasks = _dataset().sample_eval(2, 1, 3, torch.Generator().manual_seed(2)).to("cpu", torch.float64)
+    weights = {n: p.detach().unsqueeze(0).expand(2, *p.shape) for n, p in model.named_parameters()}
+    logits = _non_transductive_logits(learner, weights, tasks.x, tasks.x_query)
+    transductive = learner.predict(weights, tasks.x_query)
+    for t in range(2):
+        for q in range(3):
+            batch = torch.cat([tasks.x[t], tasks.x_query[t, q : q + 1]])
+            assert torch.allclose(logits[t, q], model(batch)[-1], atol=1e-10)
+        assert torch.allclose(transductive[t], model(tasks.x_query[t]), atol=1e-10)
+    assert not torch.allclose(logits, transductive)
+
+
+def test_accuracy_matches_a_task_by_task_evaluation():
+    """Each test task fine-tunes from phi and the training Adam state with torch.optim, one at a time."""
+    torch.manual_seed(0)
+    model = OmniglotConvNet(3).double()
+    learner = Learner(model, Adam(0.01), "cross_entropy", "sum")
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    state = _trained_state(learner, phi)
+    dataset, steps = _dataset(), 4
+    result = evaluate(
+        learner, phi, state, dataset, "test", 5, steps, 3, torch.Generator().manual_seed(3), chunk=5, transductive=True
+    )
+    tasks = dataset.sample_eval(5, steps, 3, torch.Generator().manual_seed(3)).to("cpu", torch.float64)
+    correct = 0
+    for t in range(5):
+        task_model = copy.deepcopy(model)
+        opt = torch.optim.Adam(task_model.parameters(), lr=0.01, betas=(0.0, 0.999))
+        opt.load_state_dict(
+            {
+                "state": {
+                    i: {
+                        "step": torch.tensor(7.0),
+                        "exp_avg": state["exp_avg"][n].clone(),
+                        "exp_avg_sq": state["exp_avg_sq"][n].clone(),
+                    }
+                    for i, n in enumerate(phi)
+                },
+                "param_groups": opt.state_dict()["param_groups"],
+            }
+        )
+        for j in range(steps):
+            idx = tasks.batches[t, j]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(task_model(tasks.x[t, idx]), tasks.y[t, idx], reduction="sum").backward()
+            opt.step()
+        correct += (task_model(tasks.x_query[t]).argmax(-1) == tasks.y_query[t]).sum().item()
+    assert result["accuracy"] == pytest.approx(correct / (5 * 3), abs=1e-12)
+    assert result["accuracy_ci95"] > 0
+
+
+def test_sine_curve_starts_at_the_initialisation_and_has_k_eval_plus_one_points():
+    torch.manual_seed(0)
+    model = MLP()
+    from reptile_exp.meta.optim import SGD
+
+    learner = Learner(model, SGD(0.02))
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    out = evaluate(learner, phi, {}, Sine(), "test", 50, 32, 10, torch.Generator().manual_seed(0), chunk=20, curve=True)
+    assert len(out["mse_curve"]) == 33
+    assert out["mse_curve"][-1] == out["mse"] < out["mse_curve"][0]

@@ -1,0 +1,62 @@
+"""The paper's networks (REFERENCE.md section 3): parameter counts, shapes, TF "same" padding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reptile_exp.models import MLP, Conv2dSame, MiniImageNetConvNet, OmniglotConvNet, num_parameters
+
+
+@pytest.mark.parametrize(
+    "model,count,shape",
+    [
+        (OmniglotConvNet(5), 113_221, (7, 1, 28, 28)),
+        (OmniglotConvNet(20), 117_076, (7, 1, 28, 28)),
+        (MiniImageNetConvNet(5), 34_661, (7, 3, 84, 84)),
+        (MLP(), 4_353, (7, 1)),
+    ],
+)
+def test_parameter_counts_and_output_shapes(model, count, shape):
+    assert num_parameters(model) == count
+    out = model(torch.rand(shape))
+    assert out.shape == (7, model[-1].out_features)
+
+
+def test_feature_map_sizes_follow_the_paper():
+    sizes = []
+    x = torch.rand(2, 1, 28, 28)
+    for layer in OmniglotConvNet(5):
+        x = layer(x)
+        if isinstance(layer, Conv2dSame):
+            sizes.append(x.shape[-1])
+    assert sizes == [14, 7, 4, 2]
+    sizes, x = [], torch.rand(2, 3, 84, 84)
+    for layer in MiniImageNetConvNet(5):
+        x = layer(x)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            sizes.append(x.shape[-1])
+    assert sizes == [42, 21, 11, 6]
+
+
+def test_same_padding_puts_the_extra_row_at_the_end_like_tensorflow():
+    conv = Conv2dSame(1, 1, 3, stride=2, bias=False)
+    x = torch.rand(1, 1, 28, 28)
+    # TF: 28 -> 14 needs 1 pixel of padding in total, all of it after the image.
+    expected = F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, stride=2)
+    assert torch.equal(conv(x), expected)
+
+
+def test_batchnorm_uses_batch_statistics_in_eval_mode_too():
+    model = OmniglotConvNet(5).eval()
+    x = torch.rand(6, 1, 28, 28)
+    assert all(m.running_mean is None for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # with batch statistics the outputs of one example depend on the rest of the batch
+    assert not torch.allclose(model(x)[:1], model(x[:1].repeat(6, 1, 1, 1))[:1])
+
+
+def test_glorot_uniform_weights_and_zero_biases():
+    model = OmniglotConvNet(5)
+    conv = model[0]
+    bound = (6 / (conv.in_channels * 9 + conv.out_channels * 9)) ** 0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.8 * bound
+    assert torch.count_nonzero(conv.bias) == 0
