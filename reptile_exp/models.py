@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -57,8 +58,21 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride)
 
 
+class BatchStatsNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the batch statistics, written out in elementary ops. Same values as the native op, but
+    its second derivatives stay correct under vmap, which second-order MAML needs: the native op's batching
+    rule gets d(grad)/d(input) wrong (pytorch/functorch#534; tests/test_algorithms.py)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # float32 statistics, as the native kernel
+        mean = h.mean(dim=(0, 2, 3), keepdim=True)
+        var = (h - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+        return ((h - mean) * scale + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+
+
 def _batch_norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, affine=True, track_running_stats=False)
+    return BatchStatsNorm2d(channels, eps=1e-3, affine=True, track_running_stats=False)
 
 
 class OmniglotConvNet(nn.Sequential):

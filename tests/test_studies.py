@@ -1,0 +1,142 @@
+"""The study presets (issue 4) and scripts/study.py: presets say what REFERENCE.md says, every one runs under
+debug=smoke as part of a real Hydra multirun, and the script turns multiruns into tables and figures."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_train
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from reptile_exp.config import register_schema
+
+register_schema()
+STUDY_PRESETS = sorted(
+    p.stem for prefix in ("gradcomb_", "samek_", "sine_") for p in (ROOT / "conf/experiment").glob(f"{prefix}*.yaml")
+)
+# REFERENCE.md section 6: curve -> (algorithm, k, train shots, eps_0)
+GRADIENT_COMBINATIONS = {
+    "g1": ("Reptile", 1, 5, 0.25),
+    "sum2": ("Reptile", 2, 10, 0.25),
+    "mean2": ("Reptile", 2, 10, 0.125),
+    "last2": ("FOMAML", 2, 10, 0.25),
+    "sum3": ("Reptile", 3, 15, 0.25),
+    "mean3": ("Reptile", 3, 15, 0.08325),
+    "last3": ("FOMAML", 3, 15, 0.25),
+    "sum4": ("Reptile", 4, 20, 0.25),
+    "mean4": ("Reptile", 4, 20, 0.0625),
+    "last4": ("FOMAML", 4, 20, 0.25),
+}
+
+
+LIGHT = ("iterations=2", "eval_every=1", "eval_every_tasks=2", "eval_tasks=4", "k_eval=2", "log_every=1")
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("curve", sorted(GRADIENT_COMBINATIONS))
+def test_gradient_combination_presets_follow_the_paper(curve):
+    algorithm, k, shots, eps = GRADIENT_COMBINATIONS[curve]
+    cfg = _compose(f"experiment=gradcomb_{curve}")
+    assert (cfg.algorithm._target_.rsplit(".", 1)[1], cfg.k, cfg.dataset.train_shots, cfg.epsilon) == (
+        algorithm,
+        k,
+        shots,
+        eps,
+    )
+    shared = (cfg.dataset.n_way, cfg.dataset.k_shot, cfg.meta_batch, cfg.inner_batch, cfg.inner_lr, cfg.iterations)
+    assert shared == (5, 5, 1, 25, 0.003, 40000)
+    assert cfg.inner_optimizer._target_.endswith("optim.SGD") and cfg.loss_reduction.value == "sum"
+    assert (cfg.epsilon_final, cfg.eval_batch, cfg.k_eval) == (0.0, 25, 5)
+    assert cfg.dataset.train_shots == 5 * cfg.k  # every inner step sees new examples
+
+
+def test_sine_presets_differ_only_where_documented():
+    """The MAML-protocol presets share every setting but the algorithm (and joint training's k); the Reptile-protocol
+    FOMAML and MAML presets change only the algorithm and eps relative to sine_reptile."""
+
+    def settings(experiment):
+        cfg = OmegaConf.to_container(_compose(f"experiment={experiment}"), resolve=True)
+        return {k: v for k, v in cfg.items() if k not in ("name", "algorithm")}
+
+    finn = settings("sine_finn_reptile")
+    assert finn["dataset"]["x_sampling"] == "uniform" and finn["dataset"]["phase"][1] == pytest.approx(3.14159265)
+    assert (finn["model"]["hidden"], finn["model"]["activation"], finn["meta_batch"]) == ([40, 40], "relu", 25)
+    assert finn["outer_optimizer"]["_target_"] == "torch.optim.Adam" and finn["epsilon"] == finn["epsilon_final"]
+    assert settings("sine_finn_fomaml") == settings("sine_finn_maml") == settings("samek_sine") == finn
+    assert settings("sine_finn_joint") == {**finn, "k": 1}
+    grid = settings("sine_reptile")
+    for experiment, eps in (("sine_fomaml", 0.1), ("sine_maml", 0.002)):
+        assert settings(experiment) == {
+            **grid,
+            "epsilon": eps,
+            "outer_optimizer": {**grid["outer_optimizer"], "lr": eps},
+        }
+    assert _compose("experiment=sine_finn_fomaml").algorithm.tail_shots == 10
+
+
+def _study(*args: str, cwd: Path = ROOT) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "study.py"), *args], cwd=cwd, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow  # ~20 presets, a few seconds each
+def test_every_study_preset_runs_under_smoke_as_one_multirun(tmp_path):
+    sweep = tmp_path / "presets"
+    run_train(
+        tmp_path,
+        f"experiment={','.join(STUDY_PRESETS)}",
+        "debug=smoke",
+        *LIGHT,
+        "hydra/launcher=basic",
+        f"hydra.sweep.dir={sweep}",
+        multirun=True,
+        OMP_NUM_THREADS="1",
+    )
+    (sweep / "0" / "summary.json").unlink()  # a failed or unfinished job is reported, not fatal
+    out = _study(str(sweep), "--plot", "learning", "--out", str(tmp_path / "fig" / "learning.png"))
+    assert "job dirs 0 (unfinished); skipped" in out
+    table = _csv(tmp_path / "fig" / "learning.csv")
+    assert len(table) == len(STUDY_PRESETS) - 1 and {"g1+g2", "g4", "(g1+g2+g3)/3"} <= {r["label"] for r in table}
+    assert (tmp_path / "fig" / "learning.png").stat().st_size > 0
+    assert "| run | algorithm | k | final metric |" in (tmp_path / "fig" / "learning.md").read_text()
+
+
+def test_same_k_multirun_becomes_a_table_and_plots(tmp_path):
+    sweep = tmp_path / "samek"
+    run_train(
+        tmp_path,
+        "experiment=samek_sine",
+        "algorithm=reptile,fomaml,maml",
+        "k=1,2",
+        "debug=smoke",
+        *LIGHT,
+        "hydra/launcher=basic",
+        f"hydra.sweep.dir={sweep}",
+        multirun=True,
+        OMP_NUM_THREADS="1",
+    )
+    out = _study(str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png"))
+    table = _csv(tmp_path / "k.csv")
+    assert sorted((r["algorithm"], r["k"]) for r in table) == [
+        (a, k) for a in ("fomaml", "maml", "reptile") for k in ("1", "2")
+    ]
+    assert all(r["metric"] == "mse" and float(r["value"]) > 0 for r in table)
+    assert {r["label"] for r in table} >= {"algorithm=maml,k=2", "algorithm=reptile,k=1"}
+    assert "MSE after 0" in out and (tmp_path / "k.png").exists()
+    _study(str(sweep), "--plot", "steps")  # default output next to the sweep
+    assert (sweep / "study.png").exists() and (sweep / "study.md").exists()
