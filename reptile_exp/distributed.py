@@ -1,14 +1,29 @@
-"""Data parallelism over the tasks of a meta-batch (torch.distributed).
+"""Data parallelism over the tasks of a meta-batch (torch.distributed; docs/sweeps.md).
 
 Every rank draws the same meta-batch from the same seeded generator and adapts its own contiguous
-share of the tasks; means over tasks are all-reduced, so phi evolves exactly as in one process.
-Without an initialised process group everything here is the single-process identity.
+share of the tasks; means over tasks are all-reduced, so phi evolves as in one process (Algorithm 2
+with the meta-batch split across devices). Only rank 0 writes: metrics, W&B, checkpoints, the final
+evaluation. Without an initialised process group everything here is the single-process identity.
+
+Launch: `torchrun --nproc_per_node=N -m reptile_exp.train ...` (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), or the submitit launcher with one task per GPU (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST, read through submitit's JobEnvironment).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+
+import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from .config import ConfigError
+
+log = logging.getLogger(__name__)
+_cpu_group = None  # gloo group for agree(): NCCL reduces only CUDA tensors, and a flag needs no GPU sync
 
 
 def world() -> tuple[int, int]:
@@ -18,21 +33,82 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def shard(num_tasks: int) -> slice:
-    """This rank's contiguous share of a meta-batch of num_tasks tasks."""
-    rank, size = world()
-    per_rank = -(-num_tasks // size)
-    return slice(min(rank * per_rank, num_tasks), min((rank + 1) * per_rank, num_tasks))
+def _export_submitit_env() -> None:
+    """Under a submitit job with several tasks (SLURM, or submitit_local), export torch's env:// variables."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        # CUDA_VISIBLE_DEVICES stays: torch may have seen the GPUs already; setup() picks cuda:LOCAL_RANK
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-def task_mean(x: Tensor, num_tasks: int | None = None) -> Tensor:
-    """Mean over dim 0 (the task dimension) across all ranks' tasks.
+def setup(device: str, meta_batch: int) -> int:
+    """Join the process group when this process is one of several ranks; return its rank.
 
-    num_tasks is the meta-batch size over all ranks (default: the local count times the world size).
+    device is cfg.device (auto | cpu | cuda): CUDA ranks use NCCL on cuda:LOCAL_RANK, CPU ranks gloo.
+    A second call in the same process (several jobs of a multirun) reuses the group.
     """
-    _, size = world()
-    if size == 1:
+    _export_submitit_env()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    global _cpu_group
+    if not dist.is_initialized():
+        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        _cpu_group = dist.new_group(backend="gloo") if cuda else None
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    rank, size = world()
+    if meta_batch < size:
+        raise ConfigError(f"meta_batch={meta_batch} is invalid: {size} ranks share it, so it must be >= {size}")
+    if rank != 0:
+        logging.getLogger("reptile_exp").setLevel(logging.WARNING)  # rank 0 reports
+    log.info("rank %d of %d (%s)", rank, size, dist.get_backend())
+    return rank
+
+
+def from_rank0(value):
+    """Rank 0's value of a picklable object, on every rank (e.g. the run dir: each rank's Hydra resolves
+    ${now:...} itself, a second apart at times, and every rank must resume from rank 0's checkpoint)."""
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_cpu_group)
+    return box[0]
+
+
+def shard(num_tasks: int) -> slice:
+    """This rank's contiguous share of a meta-batch of num_tasks tasks (sizes differ by at most one)."""
+    rank, size = world()
+    return slice(rank * num_tasks // size, (rank + 1) * num_tasks // size)
+
+
+def task_mean(x: Tensor) -> Tensor:
+    """Mean over dim 0 (the task dimension) across all ranks' tasks; shards may differ in size.
+
+    One all-reduce carries the per-rank sums and task counts together.
+    """
+    if world()[1] == 1:
         return x.mean(0)
-    total = x.sum(0)
+    total = torch.cat([x.sum(0).flatten(), x.new_full((1,), x.shape[0])])
     dist.all_reduce(total)
-    return total / (num_tasks if num_tasks is not None else x.shape[0] * size)
+    return (total[:-1] / total[-1]).view(x.shape[1:])
+
+
+def agree(signum: int | None) -> int | None:
+    """The stop signal any rank received (the largest number), so every rank stops at the same iteration."""
+    if world()[1] == 1:
+        return signum
+    flag = torch.tensor([signum or 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return int(flag.item()) or None
+
+
+class Muted:
+    """Stands in for rank 0's Tracker or Checkpointer on the other ranks: every method does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None

@@ -1,6 +1,8 @@
-"""Pre-emption: SIGINT, SIGTERM and SIGUSR1 become a flag the training loop checks between outer
-iterations; the loop then checkpoints, the W&B run is finished, and the signal is re-delivered to
-the handler that was installed before (so submitit's requeue or the default exit still happen).
+"""Pre-emption: SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 become a flag the training loop checks between
+outer iterations; the loop then checkpoints, the W&B run is finished, and the signal is re-delivered
+to the handler that was installed before (so submitit's requeue or the default exit still happen).
+submitit sends SIGUSR2 before a SLURM time limit or on pre-emption (SUBMITIT_PREEMPT_SIGNAL picks
+another); its handler then requeues the job, which resumes from that checkpoint (docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import threading
 
 from .config import ReptileExpError
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(ReptileExpError):

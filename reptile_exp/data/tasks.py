@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -28,6 +28,12 @@ class TaskBatch:
     @property
     def num_tasks(self) -> int:
         return self.x.shape[0]
+
+    def __getitem__(self, tasks: slice) -> TaskBatch:
+        """The tasks `tasks` of the batch (a rank's share of a meta-batch, distributed.shard)."""
+        return replace(
+            self, **{f.name: getattr(self, f.name)[tasks] for f in fields(self) if getattr(self, f.name) is not None}
+        )
 
     def minibatch(self, step: int) -> tuple[Tensor, Tensor]:
         """Inputs and targets of inner step `step` for every task: (T, batch, ...)."""

@@ -1,0 +1,182 @@
+"""Sweep summary: one row per job of a multirun (its overrides, status and final metrics).
+
+Writes <sweep dir>/sweep_summary.csv (every override, every metric), sweep_summary.md (the knobs
+that vary, the common overrides above the table) and, for a sweep over one or two knobs,
+sweep_summary.png (the objective against the first knob, one line per value of the second).
+The Hydra callback SweepSummary does it at the end of every multirun (conf/hydra/default.yaml);
+`python scripts/summarize_sweep.py <sweep dir>` does it later, e.g. while SLURM jobs still run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from .atomic import atomic_write_text
+from .checkpoint import PATTERN
+
+log = logging.getLogger(__name__)
+FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
+TRAILER = ["iteration", "seconds", "wandb_run_id", "error"]  # iteration: the last one reached
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The jobs' output dirs (those holding .hydra/overrides.yaml), in job-number order."""
+    dirs = [p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml")]
+    return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, str(d)))
+
+
+def overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides (`key=value`; Hydra's `+`, `++` and `~` prefixes dropped)."""
+    items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    return dict((item.lstrip("+~").split("=", 1) + [""])[:2] for item in items)
+
+
+def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    """Overrides, status (finished, failed, incomplete) and final metrics of one job."""
+    row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), **overrides(job_dir)}
+    summary, error = job_dir / "summary.json", job_dir / "error.txt"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        row.update(status="finished", objective_name=s["objective_name"], objective=s["objective"])
+        for split, result in s["results"].items():
+            row.update({f"{split}/{k}": v for k, v in result.items() if not isinstance(v, (list, dict))})
+        row.update(iteration=s["iterations"], seconds=round(s["seconds"], 1))
+    else:
+        row["status"] = "failed" if error.exists() else "incomplete"
+        done = [int(m.group(1)) for p in (job_dir / "checkpoints").glob("ckpt-*.pt") if (m := PATTERN.search(p.name))]
+        row["iteration"] = max(done, default=0)
+    if (job_dir / "wandb_run_id").exists():
+        row["wandb_run_id"] = (job_dir / "wandb_run_id").read_text().strip()
+    if error.exists():
+        row["error"] = error.read_text().strip()
+    return row
+
+
+def varying(rows: list[dict], keys: list[str]) -> list[str]:
+    """The override keys whose value differs between jobs (the swept knobs)."""
+    return [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]
+
+
+def summarize(sweep_dir: Path) -> dict[str, Path]:
+    """Write the summary table (CSV and Markdown) and, for one or two swept knobs, the plot."""
+    sweep_dir = Path(sweep_dir)
+    dirs = job_dirs(sweep_dir)
+    rows = [job_row(d, sweep_dir) for d in dirs]
+    knobs = list(dict.fromkeys(k for d in dirs for k in overrides(d)))
+    metrics = sorted({k for r in rows for k in r if "/" in k and k not in knobs and k != "objective_name"})
+    columns = FIRST + knobs + LAST + metrics + [c for c in TRAILER if any(c in r for r in rows)]
+    written = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md"}
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(written["csv"], buffer.getvalue())
+
+    swept = varying(rows, knobs)
+    atomic_write_text(written["md"], markdown(sweep_dir, rows, swept, [k for k in knobs if k not in swept], columns))
+    png = plot(rows, swept, sweep_dir / "sweep_summary.png")
+    if png is not None:
+        written["png"] = png
+    return written
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str) and "." in value and _number(value) is not None:
+        value = float(value)  # an Optuna trial's 0.0012520653814999472
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value).replace("|", "\\|")
+
+
+def best(rows: list[dict]) -> dict | None:
+    """The finished job with the best objective (accuracy: highest; mse and losses: lowest)."""
+    done = [r for r in rows if r["status"] == "finished" and math.isfinite(r["objective"])]
+    if not done:
+        return None
+    sign = 1 if done[0]["objective_name"].endswith("accuracy") else -1
+    return max(done, key=lambda r: sign * r["objective"])
+
+
+def markdown(sweep_dir: Path, rows: list[dict], swept: list[str], common: list[str], columns: list[str]) -> str:
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "incomplete")}
+    lines = [f"# Sweep {sweep_dir.name}", "", f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    if common and rows:
+        lines += ["", "Common overrides: " + " ".join(f"`{k}={rows[0].get(k)}`" for k in common)]
+    top = best(rows)
+    if top is not None:
+        knobs = " ".join(f"`{k}={_cell(top.get(k))}`" for k in swept)
+        lines += ["", f"Best {top['objective_name']}: {top['objective']:.4g} (job {top['job']} {knobs})".rstrip()]
+    shown = [c for c in columns if c not in common and any(c in r for r in rows)]
+    lines += ["", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in shown) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot(rows: list[dict], swept: list[str], path: Path) -> Path | None:
+    """The objective (with its 95% CI) against one swept knob, one line per value of a second one."""
+    done = [r for r in rows if r["status"] == "finished"]
+    if not done or not 1 <= len(swept) <= 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, line_key = swept[0], (swept[1] if len(swept) == 2 else None)
+    distinct = lambda key: len({r.get(key) for r in done})  # noqa: E731
+    if line_key and (x_key == "seed" or (line_key != "seed" and distinct(line_key) > distinct(x_key))):
+        x_key, line_key = line_key, x_key  # x: the knob with more values; seeds: one line each
+    values = list(dict.fromkeys(r.get(x_key) for r in done))
+    numeric = all(_number(v) is not None for v in values)
+    order = sorted(values, key=_number) if numeric else values
+    position = {v: (_number(v) if numeric else i) for i, v in enumerate(order)}
+    name = done[0]["objective_name"]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for line in dict.fromkeys(r.get(line_key) for r in done):
+        points = sorted(((position[r[x_key]], r) for r in done if r.get(line_key) == line), key=lambda p: p[0])
+        ax.errorbar(
+            [p for p, _ in points],
+            [r["objective"] for _, r in points],
+            yerr=[r.get(f"{name}_ci95", 0.0) if math.isfinite(r.get(f"{name}_ci95", 0.0)) else 0.0 for _, r in points],
+            marker="o",
+            capsize=3,
+            label=f"{line_key}={line}" if line_key else None,
+        )
+    if numeric and min(position.values()) > 0 and max(position.values()) >= 100 * min(position.values()):
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(order)), order)
+    ax.set(xlabel=x_key, ylabel=name, title=f"sweep {path.parent.name}")
+    if line_key:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: summarize the sweep dir when a multirun ends (any launcher or sweeper)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        written = summarize(Path(config.hydra.sweep.dir))
+        log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))

@@ -1,0 +1,37 @@
+"""Summarize a multirun sweep dir: sweep_summary.{csv,md} and, for one or two swept knobs, sweep_summary.png.
+
+    python scripts/summarize_sweep.py outputs/multiruns/<date>_<time> [more sweep dirs]
+
+The Hydra callback does the same when a multirun ends; this script is for sweeps still running
+(SLURM) or whose submitting process was gone before the end. Jobs without summary.json show as
+failed (error.txt) or incomplete (with the iteration of their newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reptile_exp.sweep import job_dirs, summarize
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun sweep dir(s) (hydra.sweep.dir)")
+    args = parser.parse_args(argv)
+    for sweep_dir in args.sweep_dirs:
+        if not job_dirs(sweep_dir):
+            print(
+                f"error: {sweep_dir} holds no jobs (no */.hydra/overrides.yaml); pass a multirun dir "
+                "(outputs/multiruns/<date>_<time>)",
+                file=sys.stderr,
+            )
+            return 1
+        for path in summarize(sweep_dir).values():
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

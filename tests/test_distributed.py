@@ -1,0 +1,111 @@
+"""Data parallelism over the tasks of a meta-batch (issue 5 acceptance): 2 ranks with the gloo backend
+on the CPU evolve phi as one process does (to 1e-6), and only rank 0 logs and checkpoints."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import ROOT, clean_env, final_phi, run_train
+
+from reptile_exp import distributed
+from reptile_exp.config import ConfigError
+
+# meta_batch=3 over 2 ranks: uneven shards (2 + 1 tasks); inner Adam: its state merge is all-reduced too
+COMMON = [
+    "iterations=10",
+    "meta_batch=3",
+    "inner_optimizer=adam",
+    "inner_lr=0.01",
+    "log_every=5",
+    "checkpoint_every=5",
+    "eval_every=5",
+    "eval_every_tasks=2",
+    "eval_tasks=4",
+    "k_eval=2",
+    "device=cpu",
+    "progress=false",
+]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, port: int) -> None:
+    """One of 2 ranks joined through torchrun's env:// variables (as torchrun sets them)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ["WORLD_SIZE"] = "2"
+    assert distributed.setup("cpu", meta_batch=5) == rank
+    assert distributed.world() == (rank, 2)
+    assert distributed.shard(5) == [slice(0, 2), slice(2, 5)][rank]
+    x = torch.arange(15.0).view(5, 3) ** 2
+    torch.testing.assert_close(distributed.task_mean(x[distributed.shard(5)]), x.mean(0), rtol=0, atol=1e-6)
+    # a stop signal seen by one rank only stops both at the same iteration
+    assert distributed.agree(None if rank == 0 else 15) == 15
+    assert distributed.agree(None) is None
+    assert distributed.from_rank0(f"outputs/run-{rank}") == "outputs/run-0"
+    with pytest.raises(ConfigError, match="meta_batch=1 is invalid"):
+        distributed.setup("cpu", meta_batch=1)
+    dist.destroy_process_group()
+
+
+def test_shard_task_mean_and_agree_across_two_gloo_ranks():
+    mp.spawn(_rank, args=(_free_port(),), nprocs=2)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("one_process")
+    run_train(tmp, f"hydra.run.dir={tmp / 'run'}", *COMMON, "logger.mode=disabled", **ONE_THREAD)
+    return final_phi(tmp / "run")
+
+
+def assert_same_phi(a: dict, b: dict) -> None:
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_torchrun_with_two_gloo_ranks_gives_the_phi_of_one_process(tmp_path, one_process):
+    run_dir = tmp_path / "run0"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    # each rank's Hydra resolves its own run dir (as with ${now:...} across a second boundary): rank 0's wins
+    per_rank = f"hydra.run.dir={tmp_path}/run${{oc.env:RANK}}"
+    args = [*torchrun, "reptile_exp.train", per_rank, *COMMON, "logger.mode=offline"]
+    out = subprocess.run(args, cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / "run1" / "config.yaml").exists()
+    assert "rank 0 of 2 (gloo)" in out.stderr
+    assert_same_phi(one_process, final_phi(run_dir))
+    # rank 0 alone wrote: one W&B run, each metrics record once, checkpoints of iterations 5 and 10
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records if "train/loss" in r] == [5, 10]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt-00000005.pt", "ckpt-00000010.pt"]
+
+
+def test_submitit_launcher_with_one_task_per_rank_gives_the_phi_of_one_process(tmp_path, one_process):
+    """The SLURM launcher's multi-GPU layout (tasks_per_node = GPUs) with submitit_local: 2 CPU tasks, gloo.
+    The ranks come from submitit's job environment (SLURM_PROCID etc. on a cluster)."""
+    sweep = tmp_path / "sweep"
+    run_train(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={sweep}",
+        *COMMON,
+        "logger.mode=disabled",
+        multirun=True,
+        **ONE_THREAD,
+    )
+    assert "rank 0 of 2 (gloo)" in (sweep / "0" / "train.log").read_text()
+    assert_same_phi(one_process, final_phi(sweep / "0"))
+    assert json.loads((sweep / "0" / "summary.json").read_text())["iterations"] == 10
