@@ -2,6 +2,10 @@
 
 The model is used as a pure function of its parameters (`torch.func.functional_call`); per-task
 losses and gradients come from `vmap(grad(...))` over the task dimension (GUIDE section 2).
+Fast paths (issue 6, measured in docs/benchmarks.md), each off by default; they change results
+only by rounding: `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays it as
+a CUDA graph) and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so
+bfloat16 rounding).
 """
 
 from __future__ import annotations
@@ -13,10 +17,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from ..config import ConfigError
 from ..data.tasks import TaskBatch
 from .optim import Params, State
 
 LOSSES = ("mse", "cross_entropy")
+COMPILE = {"none": None, "inductor": "default", "cudagraphs": "reduce-overhead"}  # knob -> torch.compile mode
+PRECISIONS = ("highest", "tf32", "bf16")
+
+
+def check_fast_paths(device: torch.device, compile: str = "none", precision: str = "highest") -> None:
+    """One-line ConfigError for a fast path that needs a CUDA GPU on another device."""
+    if device.type != "cuda" and (compile == "cudagraphs" or precision == "tf32"):
+        knob = f"compile={compile}" if compile == "cudagraphs" else f"precision={precision}"
+        raise ConfigError(f"{knob} is invalid on device={device.type}: it needs a CUDA GPU; leave it at its default")
+
+
+def set_precision(device: torch.device, precision: str = "highest") -> None:
+    """Float32 matmuls and convolutions on CUDA: exact IEEE ("highest", "bf16") or TF32 tensor cores ("tf32").
+
+    Process-wide (torch.backends); PyTorch's own default runs cuDNN convolutions in TF32, "highest" does not.
+    """
+    if device.type == "cuda":  # the flags torch.get_float32_matmul_precision (read by inductor) agrees with
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 class Learner:
@@ -26,17 +49,33 @@ class Learner:
     "mse" (mean) is the sine loss (section 8).
     """
 
-    def __init__(self, model: nn.Module, inner_optimizer, loss: str = "mse", reduction: str = "mean"):
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_optimizer,
+        loss: str = "mse",
+        reduction: str = "mean",
+        compile: str = "none",
+        precision: str = "highest",
+    ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction={reduction!r}: choose 'mean' or 'sum'")
+        if compile not in COMPILE or precision not in PRECISIONS:
+            raise ValueError(f"compile={compile!r}, precision={precision!r}: choose from {list(COMPILE)}, {PRECISIONS}")
         self.model, self.inner_optimizer, self.loss_name, self.reduction = model, inner_optimizer, loss, reduction
+        self.autocast, self.cudagraphs = precision == "bf16", compile == "cudagraphs"
         self._grad = vmap(grad_and_value(self.loss))
+        # The inner optimizer stays eager: its integer step count would recompile (or re-record) every step.
+        self._fast_grad = None if compile == "none" else torch.compile(self._grad, mode=COMPILE[compile])
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs of one task's model on a batch x (no task dimension)."""
-        return functional_call(self.model, params, (x,))
+        if not self.autocast:
+            return functional_call(self.model, params, (x,))
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return functional_call(self.model, params, (x,)).to(x.dtype)
 
     def criterion(self, out: Tensor, y: Tensor) -> Tensor:
         if self.loss_name == "mse":
@@ -63,20 +102,41 @@ class Learner:
         num_tasks = tasks.num_tasks
         steps = tasks.batches.shape[1] if steps is None else steps
         weights = {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in phi.items()}
+        if self._fast_grad is not None:  # one compiled graph for all steps: no stride-0 first step
+            weights = {n: w.contiguous() for n, w in weights.items()}
         state = self.inner_optimizer.tile(state, num_tasks)
         losses = []
         if observe is not None:
             observe(0, weights)
         for j in range(steps):
-            xb, yb = tasks.minibatch(j)
-            grads, loss = self._grad(weights, xb, yb)
-            weights, state = self.inner_optimizer.step(weights, grads, state)
+            weights, state, loss = self.step(weights, state, *tasks.minibatch(j))
             losses.append(loss)
             if observe is not None:
                 observe(j + 1, weights)
         losses = torch.stack(losses, dim=1) if losses else torch.zeros(num_tasks, 0, device=tasks.x.device)
         return weights, state, losses
 
+    def step(self, weights: Params, state: State, x: Tensor, y: Tensor) -> tuple[Params, State, Tensor]:
+        """One inner step of every task from task-stacked weights on its minibatch x, y (T, batch, ...).
+
+        Returns the new weights, the new per-task state and the (T,) losses before the step.
+        """
+        if self._fast_grad is None or _transformed(next(iter(weights.values()))):
+            grads, loss = self._grad(weights, x, y)
+        else:
+            if self.cudagraphs:  # a new replay overwrites the previous one's outputs: keep none of them
+                torch.compiler.cudagraph_mark_step_begin()
+            grads, loss = self._fast_grad(weights, x, y)
+            loss = loss.clone()
+        weights, state = self.inner_optimizer.step(weights, grads, state)
+        return weights, state, loss
+
     def predict(self, weights: Params, x: Tensor) -> Tensor:
         """Outputs of every task's adapted model on its own inputs x: (T, n, ...)."""
         return vmap(self.forward)(weights, x)
+
+
+def _transformed(t: Tensor) -> bool:
+    """Whether t is seen through an enclosing torch.func transform (MAML differentiates through adapt): the
+    compiled step is not differentiable twice, so the step runs eagerly there."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)

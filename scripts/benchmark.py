@@ -1,0 +1,351 @@
+"""Speed of the task-batched engine against the serial reference, side by side in one process (issue 6).
+
+    python scripts/benchmark.py --device cpu --repeats 5 [--quick] [--presets omniglot sine] [--variants plain inductor]
+
+Per preset (synthetic data of the preset's shapes: nothing to download), every repeat times each contender in
+turn, so a change in machine load hits all of them alike:
+- meta-training: outer iterations per second after warm-up (sampling, inner loop and outer step, as train.py runs
+  them), for the engine under each fast-path variant and for the serial reference (meta.reference.SerialReptile:
+  one task after another, deepcopy + torch.optim per task, as the official code and learn2learn's examples);
+- evaluation: seconds per 1,000 test tasks (the preset's protocol; Omniglot: 5-way 1-shot, 50 steps,
+  non-transductive), the serial reference looping over tasks the same way. Fewer tasks may be timed
+  (--eval-tasks, --serial-eval-tasks): the time is scaled to 1,000 and the table says how many were timed.
+Reported: medians over repeats, the ratio engine/serial (median of the per-repeat ratios), achieved GFLOP/s (the
+useful FLOPs of the serial reference's step, counted by torch.utils.flop_counter, times the rate) beside the
+machine's measured matmul GFLOP/s, peak tensor memory (CUDA: max_memory_allocated; CPU: the profiler's allocation
+events), the evaluation chunk against eval_memory_mb, and where one training step's time goes (--profile 0
+skips it). A human table first, then one JSON line, the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from reptile_exp.meta.learner import Learner, set_precision
+from reptile_exp.meta.reference import SerialReptile
+from reptile_exp.train import build, eval_chunk, evaluate_split, outer_step
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = {  # preset name -> overrides; synthetic data of the preset's shapes
+    "omniglot": ["experiment=omniglot_5w1s"],
+    "sine": ["experiment=sine_reptile"],
+    "miniimagenet": ["experiment=miniimagenet_5w5s"],
+}
+FAST_PATHS = {  # variant part -> overrides; a variant joins parts with "+": cudagraphs+tf32
+    "plain": [],
+    "inductor": ["compile=inductor"],
+    "cudagraphs": ["compile=cudagraphs"],
+    "tf32": ["precision=tf32"],
+    "bf16": ["precision=bf16"],
+}
+DEFAULT_VARIANTS = {
+    "cpu": ["plain", "bf16", "inductor", "inductor+bf16"],
+    "cuda": ["plain", "tf32", "bf16", "inductor", "cudagraphs", "cudagraphs+tf32", "cudagraphs+bf16"],
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rate(step, device: torch.device, min_seconds: float) -> float:
+    """Calls of step per second: as many calls as fill min_seconds (at least one), timed after a device sync."""
+    sync(device)
+    start, calls = time.perf_counter(), 0
+    while calls == 0 or time.perf_counter() - start < min_seconds:
+        step()
+        calls += 1
+        sync(device)
+    return calls / (time.perf_counter() - start)
+
+
+def seconds(fn, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_memory_mb(fn, device: torch.device) -> float:
+    """Peak tensor memory fn allocates above what was allocated when it started, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the profiler's allocation and free events summed in order.
+    """
+    if device.type == "cuda":
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
+    """The best of `repeats` timings of an n x n matrix product: the hardware's ceiling for dense work."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    calls = 20 if device.type == "cuda" else 1
+    product = lambda: [a @ b for _ in range(calls)]  # noqa: E731
+    product()
+    best = min(seconds(product, device) for _ in range(repeats))
+    return 2 * n**3 * calls / best / 1e9
+
+
+def config(preset: str, device: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(
+            "train",
+            [
+                *PRESETS[preset],
+                "synthetic_data=true",
+                f"device={device}",
+                "logger.mode=disabled",
+                "progress=false",
+                *overrides,
+            ],
+        )
+
+
+class Serial:
+    """The serial reference on the preset: its own phi (the same initialisation), sampler and eps schedule."""
+
+    def __init__(self, cfg):
+        self.exp = build(cfg)
+        plain = self.exp.learner
+        learner = Learner(plain.model, plain.inner_optimizer, plain.loss_name, plain.reduction)
+        self.reference = SerialReptile(plain.model, learner, self.exp.outer)
+
+    def outer_step(self) -> None:
+        cfg, exp = self.exp.cfg, self.exp
+        tasks = exp.dataset.sample_train(cfg.meta_batch, cfg.k, cfg.inner_batch, exp.task_generator, cfg.replacement)
+        self.reference.outer_step(tasks.to(exp.device, exp.dtype))
+        exp.scheduler.step()
+
+    def evaluate(self, num_tasks: int, seed: int) -> None:
+        cfg, exp = self.exp.cfg, self.exp
+        generator = torch.Generator(device=exp.device).manual_seed(seed)
+        tasks = exp.dataset.sample_eval(num_tasks, cfg.k_eval, cfg.eval_batch, generator, split="test")
+        self.reference.evaluate(tasks.to(exp.device, exp.dtype), cfg.transductive)
+
+
+def profile_split(exp, steps: int) -> dict:
+    """Median seconds per outer step in sampling, the inner loop (adapt) and the outer step (meta-gradient, merge
+    of the inner state, optimizer and schedule), with a device sync after each part (Reptile presets)."""
+    cfg, device, parts = exp.cfg, exp.device, {"sampling": [], "inner loop": [], "outer step": []}
+    clock = []
+
+    def lap(part: str | None) -> None:
+        sync(device)
+        clock.append(time.perf_counter())
+        if part is not None:
+            parts[part].append(clock[-1] - clock[-2])
+
+    for _ in range(steps):
+        lap(None)
+        tasks = exp.dataset.sample_train(cfg.meta_batch, cfg.k, cfg.inner_batch, exp.task_generator, cfg.replacement)
+        tasks = tasks.to(device, exp.dtype)
+        lap("sampling")
+        weights, task_state, _ = exp.learner.adapt({n: p.detach() for n, p in exp.phi.items()}, tasks, exp.inner_state)
+        lap("inner loop")
+        for n, p in exp.phi.items():
+            p.grad = p.detach() - weights[n].mean(0)
+        exp.inner_state = exp.learner.inner_optimizer.merge(task_state)
+        exp.outer.step()
+        exp.scheduler.step()
+        lap("outer step")
+    return {part: statistics.median(times) for part, times in parts.items()}
+
+
+def bench_preset(preset: str, args, device: torch.device) -> dict:
+    variants = args.variants or DEFAULT_VARIANTS[device.type]
+    plain_cfg = config(preset, device.type, args.overrides)
+    engines = {
+        v: build(
+            config(preset, device.type, [*args.overrides, *(o for part in v.split("+") for o in FAST_PATHS[part])])
+        )
+        for v in variants
+    }
+    serial = Serial(plain_cfg)
+    eval_tasks, serial_eval_tasks = args.eval_tasks, args.serial_eval_tasks
+    # name -> (outer step, evaluation of n tasks with a seed, precision); precision is process-wide: set per turn
+    contenders = {"serial": (serial.outer_step, serial.evaluate, "highest")}
+    for v, exp in engines.items():
+        contenders[v] = (
+            lambda exp=exp: outer_step(exp),
+            lambda n, seed, exp=exp: evaluate_split(exp, "test", n, seed),
+            exp.cfg.precision.value,
+        )
+
+    print(f"[{preset}] warm-up (torch.compile variants compile now)", file=sys.stderr, flush=True)
+    for name, (step, evaluate, precision) in contenders.items():
+        set_precision(device, precision)
+        for _ in range(args.warmup):
+            step()
+        evaluate(1 if name == "serial" else eval_tasks, 1)  # compiled variants compile the evaluation's shapes now
+    train = {name: [] for name in contenders}
+    evaluation = {name: [] for name in contenders}
+    for r in range(args.repeats):
+        print(f"[{preset}] repeat {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
+        for name, (step, evaluate, precision) in contenders.items():
+            set_precision(device, precision)
+            train[name].append(rate(step, device, args.min_seconds))
+            if r < args.eval_repeats:
+                n = serial_eval_tasks if name == "serial" else eval_tasks
+                evaluation[name].append(seconds(partial(evaluate, n, 2), device) * 1000 / n)
+
+    set_precision(device, "highest")
+    step_flops = flops(serial.outer_step)
+    task_flops = flops(lambda: serial.evaluate(1, 3))
+    result = {
+        "preset": PRESETS[preset] + args.overrides,
+        "train_step_gflop": step_flops / 1e9,
+        "eval_task_gflop": task_flops / 1e9,
+        "eval_tasks_timed": eval_tasks,
+        "serial_eval_tasks_timed": serial_eval_tasks,
+        "eval_memory_mb": plain_cfg.eval_memory_mb,
+        "contenders": {},
+    }
+    for name, (step, evaluate, precision) in contenders.items():
+        set_precision(device, precision)
+        its, secs = train[name], evaluation[name]
+        chunk = 1 if name == "serial" else eval_chunk(engines[name], eval_tasks)
+        result["contenders"][name] = {
+            "train_it_s": statistics.median(its),
+            "train_it_s_range": [min(its), max(its)],
+            "train_x_serial": statistics.median(a / b for a, b in zip(its, train["serial"])),
+            "train_gflop_s": statistics.median(its) * step_flops / 1e9,
+            "train_peak_mb": peak_memory_mb(step, device),
+            "eval_s_per_1000": statistics.median(secs),
+            "eval_s_per_1000_range": [min(secs), max(secs)],
+            "eval_x_serial": statistics.median(b / a for a, b in zip(secs, evaluation["serial"])),
+            "eval_gflop_s": 1000 * task_flops / statistics.median(secs) / 1e9,
+            "eval_chunk": chunk,
+            "eval_peak_mb": peak_memory_mb(partial(evaluate, chunk, 3), device),  # one chunk
+        }
+    if args.profile:
+        set_precision(device, "highest")
+        result["profile_s"] = profile_split(build(plain_cfg), args.profile)
+    return result
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"device {report['device']}, torch {report['torch']}, {report['threads']} threads, "
+        f"load average {report['load_average'][0]:.1f} at start, {report['load_average'][1]:.1f} at end",
+        "matmul ceiling: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report["matmul_gflop_s"].items()),
+    ]
+    for preset, res in report["presets"].items():
+        lines += [
+            "",
+            f"{preset} ({' '.join(res['preset'])}, synthetic data): train step {res['train_step_gflop']:.3g} GFLOP, "
+            f"eval {res['eval_task_gflop']:.3g} GFLOP/task; eval timed on {res['eval_tasks_timed']} tasks "
+            f"(serial: {res['serial_eval_tasks_timed']}), scaled to 1,000",
+            f"{'contender':<32}{'train it/s':>11}{'x serial':>9}{'GFLOP/s':>9}{'peak MB':>9}"
+            f"{'eval s/1000':>13}{'x serial':>9}{'GFLOP/s':>9}{'chunk':>7}{'peak MB':>9}",
+        ]
+        for name, row in res["contenders"].items():
+            label = "serial reference" if name == "serial" else f"engine {name}"
+            lines.append(
+                f"{label:<32}{row['train_it_s']:>11.3g}{row['train_x_serial']:>9.2f}{row['train_gflop_s']:>9.3g}"
+                f"{row['train_peak_mb']:>9.1f}{row['eval_s_per_1000']:>13.4g}{row['eval_x_serial']:>9.2f}"
+                f"{row['eval_gflop_s']:>9.3g}{row['eval_chunk']:>7}{row['eval_peak_mb']:>9.1f}"
+            )
+        lines.append(f"eval_memory_mb budget {res['eval_memory_mb']:g} MB per chunk")
+        if "profile_s" in res:
+            total = sum(res["profile_s"].values())
+            split = ", ".join(f"{k} {1000 * v:.3g} ms ({100 * v / total:.0f}%)" for k, v in res["profile_s"].items())
+            lines.append(f"one plain engine step: {split}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=["omniglot", "sine"])
+    parser.add_argument("--variants", nargs="+", help=f"fast-path variants, parts joined by '+': {list(FAST_PATHS)}")
+    parser.add_argument("--overrides", nargs="+", default=[], help="config overrides for every contender")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians over them)")
+    parser.add_argument("--eval-repeats", type=int, help="rounds that also time evaluation (default: --repeats)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed outer iterations per contender")
+    parser.add_argument("--min-seconds", type=float, help="shortest training timing per contender and round")
+    parser.add_argument("--eval-tasks", type=int, help="engine: test tasks timed (default cuda 1000, cpu 100)")
+    parser.add_argument("--serial-eval-tasks", type=int, help="serial: test tasks timed (default cuda 100, cpu 10)")
+    parser.add_argument("--profile", type=int, default=3, help="steps of the time split (0: none)")
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: fewer of everything")
+    args = parser.parse_args(argv)
+    for v in args.variants or []:
+        if not set(v.split("+")) <= set(FAST_PATHS):
+            parser.error(f"--variants {v}: each part must be one of {list(FAST_PATHS)}")
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here")
+    if args.quick:
+        args.repeats, args.warmup, args.profile = min(args.repeats, 2), 1, min(args.profile, 1)
+    defaults = {"min_seconds": 0.5 if args.quick else 2.0, "eval_repeats": args.repeats}
+    defaults["eval_tasks"] = (200 if args.quick else 1000) if cuda else (10 if args.quick else 100)
+    defaults["serial_eval_tasks"] = (20 if args.quick else 100) if cuda else (2 if args.quick else 10)
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch._dynamo.config.recompile_limit = 64  # compiled variants share the compiled code's cache (one per learner)
+    device = torch.device(args.device)
+    load_start = os.getloadavg()[0]
+    n, repeats = (8192, 5) if cuda else (1024 if args.quick else 2048, 5)
+    set_precision(device, "highest")
+    ceilings = {"float32": matmul_gflops(device, torch.float32, n, repeats)}
+    ceilings["bfloat16"] = matmul_gflops(device, torch.bfloat16, n, repeats)
+    if cuda:
+        set_precision(device, "tf32")
+        ceilings["tf32"] = matmul_gflops(device, torch.float32, n, repeats)
+        set_precision(device, "highest")
+    presets = {p: bench_preset(p, args, device) for p in args.presets}
+    report = {
+        "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average": [load_start, os.getloadavg()[0]],
+        "matmul_gflop_s": ceilings,
+        "presets": presets,
+    }
+    print(table(report))
+    print(json.dumps(report), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
