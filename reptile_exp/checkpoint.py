@@ -7,6 +7,7 @@ newest file falls back to the one before with a warning.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from pathlib import Path
@@ -50,10 +51,16 @@ class Checkpointer:
         return [p for _, p in sorted(found, reverse=True)]
 
     def save(self, state: dict, iteration: int) -> Path:
+        """Write ckpt-<iteration>.pt atomically and drop all but the newest `keep`; a failed write (a full
+        disk) raises CheckpointError and leaves the earlier checkpoints as they were."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".ckpt-*.pt.tmp-*"):  # left by a writer that was killed mid-write
+            stale.unlink(missing_ok=True)
         path = self.directory / f"ckpt-{iteration:08d}.pt"
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # serialized in memory: torch's file writer reports ENOSPC as a RuntimeError
         try:
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
         except OSError as e:
             raise CheckpointError(
                 f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is kept, "

@@ -7,13 +7,16 @@ and cross-field constraints and raises ConfigError with one line naming key, val
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 
 class ReptileExpError(Exception):
@@ -38,6 +41,18 @@ class DType(Enum):
 class Reduction(Enum):
     mean = "mean"
     sum = "sum"
+
+
+class Compile(Enum):
+    none = "none"
+    inductor = "inductor"
+    cudagraphs = "cudagraphs"
+
+
+class Precision(Enum):
+    highest = "highest"
+    tf32 = "tf32"
+    bf16 = "bf16"
 
 
 @dataclass
@@ -69,6 +84,10 @@ class TrainConfig:
     eval_chunk: int = 0
     eval_memory_mb: float = 2048.0
     transductive: bool = False
+    compile: Compile = Compile.none
+    precision: Precision = Precision.highest
+    threads: int = 0
+    keep_host_memory: bool = True
     eval_every: int = 1000
     eval_every_tasks: int = 100
     objective_split: str = "test"
@@ -77,6 +96,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     resume: str | None = None
+    overwrite: bool = False
     evaluate_only: bool = False
     checkpoint: str | None = None
     progress: bool = True
@@ -86,26 +106,88 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-# key: (lowest allowed, whether the bound is inclusive). Every value must also be finite.
-LOWER_BOUNDS = {
-    "k": (1, True),
-    "inner_batch": (1, True),
-    "inner_lr": (0, False),
-    "epsilon": (0, False),
-    "epsilon_final": (0, True),
-    "meta_batch": (1, True),
-    "iterations": (1, True),
-    "k_eval": (0, True),
-    "eval_batch": (1, True),
-    "eval_tasks": (1, True),
-    "eval_chunk": (0, True),
-    "eval_memory_mb": (0, False),
-    "eval_every": (0, True),
-    "eval_every_tasks": (1, True),
-    "log_every": (1, True),
-    "checkpoint_every": (1, True),
-    "keep_checkpoints": (1, True),
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric knob: [low, high] (open ends when low_open/high_open), finite."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.integer and value != int(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            return f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {self.low}"
+        return kind
+
+
+POSITIVE_INT, NATURAL, POSITIVE = Range(1, integer=True), Range(0, integer=True), Range(0, low_open=True)
+# Every numeric top-level knob of TrainConfig and its range (issue 7).
+RANGES = {
+    "seed": Range(0, 2**63 - 1, integer=True),
+    "k": POSITIVE_INT,
+    "inner_batch": POSITIVE_INT,
+    "inner_lr": POSITIVE,
+    "epsilon": POSITIVE,
+    "epsilon_final": Range(0),
+    "meta_batch": POSITIVE_INT,
+    "iterations": POSITIVE_INT,
+    "k_eval": NATURAL,
+    "eval_batch": POSITIVE_INT,
+    "eval_tasks": POSITIVE_INT,
+    "eval_chunk": NATURAL,
+    "eval_memory_mb": POSITIVE,
+    "eval_every": NATURAL,
+    "eval_every_tasks": POSITIVE_INT,
+    "log_every": POSITIVE_INT,
+    "checkpoint_every": POSITIVE_INT,
+    "keep_checkpoints": POSITIVE_INT,
+    "threads": NATURAL,
 }
+# Numeric knobs of the group options, checked wherever an option has them (lists: every element).
+GROUP_RANGES = {
+    "dataset": {
+        "n_way": Range(2, integer=True),
+        "k_shot": POSITIVE_INT,
+        "train_shots": POSITIVE_INT,
+        "val_characters": NATURAL,
+        "n_points": POSITIVE_INT,
+        "amplitude": Range(),
+        "phase": Range(),
+        "x_range": Range(),
+    },
+    "model": {
+        "in_features": POSITIVE_INT,
+        "out_features": POSITIVE_INT,
+        "hidden": POSITIVE_INT,
+        "in_channels": POSITIVE_INT,
+        "channels": POSITIVE_INT,
+        "n_way": Range(2, integer=True),
+    },
+    "algorithm": {"query_shots": POSITIVE_INT, "tail_shots": NATURAL},
+    "inner_optimizer": {"lr": POSITIVE, "betas": Range(0, 1, high_open=True), "eps": POSITIVE},
+    "outer_optimizer": {
+        "lr": POSITIVE,
+        "betas": Range(0, 1, high_open=True),
+        "eps": POSITIVE,
+        "momentum": Range(0),
+        "weight_decay": Range(0),
+    },
+}
+INTERVALS = ("amplitude", "phase", "x_range")  # dataset knobs that are [low, high] pairs
 SPLITS = ("train", "val", "test")
 
 
@@ -113,17 +195,74 @@ def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
+def _check_range(key: str, value: Any, allowed: Range) -> None:
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    if not all(v in allowed for v in values):
+        _fail(key, OmegaConf.to_object(value) if isinstance(value, ListConfig) else value, f"must be {allowed}")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Range and cross-field checks (issue 7); one ConfigError line per problem found first."""
-    for key, (low, inclusive) in LOWER_BOUNDS.items():
-        value = cfg[key]
-        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
-        if not ok:
-            _fail(key, value, f"must be {'>=' if inclusive else '>'} {low} and finite")
+    """Resolution, range and cross-field checks, after composition and before any work (issue 7).
+
+    Raises ConfigError with one line naming the key, its value and the allowed range; the checks
+    that need the data (n_way against the classes of a split, shots against the examples per class)
+    are the data layer's, at construction and sampling.
+    """
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e.full_key or 'config'} cannot be resolved: {_first_line(e)}") from None
+    for key, allowed in RANGES.items():
+        _check_range(key, cfg[key], allowed)
+    for group, ranges in GROUP_RANGES.items():
+        for key, allowed in ranges.items():
+            if key in cfg[group]:
+                _check_range(f"{group}.{key}", cfg[group][key], allowed)
+    dataset = cfg.dataset
+    for key in INTERVALS:
+        value = dataset.get(key)
+        if value is not None and (not isinstance(value, ListConfig) or len(value) != 2 or value[0] > value[1]):
+            _fail(
+                f"dataset.{key}",
+                OmegaConf.to_object(value) if isinstance(value, ListConfig) else value,
+                "must be a pair [low, high] with low <= high",
+            )
     if cfg.epsilon_final > cfg.epsilon:
         _fail("epsilon_final", cfg.epsilon_final, f"must be between 0 and epsilon={cfg.epsilon}")
+    if dataset.get("x_sampling") == "grid":
+        if dataset.k_shot > dataset.n_points:
+            _fail("dataset.k_shot", dataset.k_shot, f"must be <= dataset.n_points={dataset.n_points}")
+        for key in ("query_shots", "tail_shots"):  # held out of the grid: the inner loop needs the rest
+            if cfg.algorithm.get(key, 0) >= dataset.n_points:
+                _fail(f"algorithm.{key}", cfg.algorithm[key], f"must be < dataset.n_points={dataset.n_points}")
     for split in [*cfg.eval_splits, cfg.objective_split]:
         if split not in SPLITS:
             _fail("eval_splits/objective_split", split, f"choose from {list(SPLITS)}")
     if cfg.objective_split not in cfg.eval_splits:
         _fail("objective_split", cfg.objective_split, f"must be one of eval_splits={list(cfg.eval_splits)}")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def composition_error(e: Exception) -> str | None:
+    """One line for an error Hydra/OmegaConf raise while composing the config (k=abc, kk=3, dataset=nope):
+    the override, what is wrong and what is allowed. None when `e` is not a composition error."""
+    if isinstance(e, MissingConfigException) and e.options is not None:
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        return f"{group or 'config'}={option} is invalid: no such option; choose one of {sorted(e.options)}"
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        key = cause.full_key
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.parent_node is not None:
+            valid = sorted(str(k) for k in cause.parent_node.keys() if k != "hydra")
+            close = difflib.get_close_matches(str(cause.key), valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            return f"{key} is not a config key: {hint}valid keys here: {', '.join(valid)}"
+        allowed = RANGES.get(key) or GROUP_RANGES.get(key.partition(".")[0], {}).get(key.partition(".")[2])
+        reason = _first_line(cause).rstrip(".")
+        return f"{key}={cause.value!r} is invalid: {reason}" + (f"; must be {allowed}" if allowed else "")
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        return f"cannot compose the config: {' '.join(str(e).split())}"
+    return None

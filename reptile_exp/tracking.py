@@ -50,10 +50,11 @@ class MetricsFile:
         self.path = Path(path)
 
     def truncate_after(self, iteration: int) -> None:
-        """Drop records past `iteration` (logged after the checkpoint a resume starts from)."""
+        """Drop what was logged after the checkpoint a resume starts from: records past `iteration`
+        and the final evaluation's (`final/*` keys, logged after the last checkpoint)."""
         if not self.path.exists():
             return
-        kept = [line for line in self.read() if line["iteration"] <= iteration]
+        kept = [r for r in self.read() if r["iteration"] <= iteration and not any(k.startswith("final/") for k in r)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict]:

@@ -9,9 +9,11 @@ step with lr eps, log, checkpoint.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import sys
 import time
 import uuid
@@ -27,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import plots
+from . import distributed, plots
 from .atomic import atomic_write_text
-from .config import ConfigError, ReptileExpError, register_schema, validate
+from .config import ConfigError, ReptileExpError, composition_error, register_schema, validate
 from .evaluate import chunk_size, evaluate
-from .meta.learner import Learner
+from .host_memory import keep_host_memory
+from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
 from .signals import Interrupted, StopSignals, redeliver
 from .tracking import MetricsFile, Tracker
@@ -102,6 +105,9 @@ def _to_device(tree, device):
     return tree
 
 
+TRAINING_KEYS = ("k", "inner_batch", "meta_batch", "epsilon", "epsilon_final", "iterations", "replacement", "seed")
+
+
 def fingerprint(cfg: DictConfig) -> dict:
     """What a checkpoint must share with the run that loads it: model, data and algorithm settings."""
     dataset = {
@@ -116,6 +122,8 @@ def fingerprint(cfg: DictConfig) -> dict:
         "inner_optimizer": OmegaConf.to_container(cfg.inner_optimizer, resolve=True),
         "dtype": cfg.dtype.value,
         "synthetic_data": cfg.synthetic_data,
+        # the outer loop and eps schedule: a resumed run must continue the same schedule
+        "training": {key: cfg[key] for key in TRAINING_KEYS},
     }
 
 
@@ -130,12 +138,19 @@ def resolve_device(name: str) -> torch.device:
 def build(cfg: DictConfig) -> Experiment:
     """Instantiate dataset, model, inner/outer optimizers, eps schedule and task sampler."""
     device, dtype = resolve_device(cfg.device.value), getattr(torch, cfg.dtype.value)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.keep_host_memory and device.type == "cpu":
+        keep_host_memory()
     torch.manual_seed(cfg.seed)
     dataset = build_dataset(cfg).to(device)
     model = _instantiate(cfg.model).to(device=device, dtype=dtype)
     inner = _instantiate(cfg.inner_optimizer)
     loss = "mse" if dataset.kind == "regression" else "cross_entropy"
-    learner = Learner(model, inner, loss, cfg.loss_reduction.value)
+    fast = {"compile": cfg.compile.value, "precision": cfg.precision.value}
+    check_fast_paths(device, fast["compile"], fast["precision"])
+    set_precision(device, fast["precision"])
+    learner = Learner(model, inner, loss, cfg.loss_reduction.value, **fast)
     outer = _instantiate(cfg.outer_optimizer)(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(outer, LinearAnneal(cfg.epsilon, cfg.epsilon_final, cfg.iterations))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -165,15 +180,15 @@ def _instantiate(node: DictConfig, *args):
         raise
 
 
-def evaluate_split(exp: Experiment, split: str, num_tasks: int, seed: int, curve: bool = False) -> dict:
-    """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks."""
+def eval_chunk(exp: Experiment, num_tasks: int) -> int:
+    """Test tasks adapted together when evaluating num_tasks: eval_chunk, or what fits in eval_memory_mb."""
     cfg, dataset = exp.cfg, exp.dataset
     examples = (
         dataset.n_way * (dataset.k_shot + 1)
         if dataset.kind == "classification"
         else max(cfg.eval_batch, getattr(dataset, "n_points", 0))
     )
-    chunk = chunk_size(
+    return chunk_size(
         exp.learner,
         exp.phi,
         num_tasks,
@@ -182,6 +197,12 @@ def evaluate_split(exp: Experiment, split: str, num_tasks: int, seed: int, curve
         cfg.eval_memory_mb,
         cfg.eval_chunk,
     )
+
+
+def evaluate_split(exp: Experiment, split: str, num_tasks: int, seed: int, curve: bool = False) -> dict:
+    """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks."""
+    cfg, dataset = exp.cfg, exp.dataset
+    chunk = eval_chunk(exp, num_tasks)
     generator = torch.Generator(device=exp.device).manual_seed(seed)
     return evaluate(
         exp.learner,
@@ -203,12 +224,32 @@ def _metric(dataset) -> str:
     return "mse" if dataset.kind == "regression" else "accuracy"
 
 
+def outer_step(exp: Experiment) -> torch.Tensor:
+    """One outer iteration of Algorithm 2: sample a meta-batch, adapt to it, step phi with lr eps.
+
+    Returns this rank's (T, k) inner-loop losses, still on the device: nothing here waits for the device.
+    """
+    cfg = exp.cfg
+    tasks = exp.dataset.sample_train(
+        cfg.meta_batch, cfg.k, cfg.inner_batch, exp.task_generator, cfg.replacement, exp.algorithm.query_shots
+    )[distributed.shard(cfg.meta_batch)].to(exp.device, exp.dtype)  # every rank draws all, adapts its share
+    phi = exp.phi
+    g, exp.inner_state, losses = exp.algorithm.meta_gradient(
+        exp.learner, {n: p.detach() for n, p in phi.items()}, tasks, exp.inner_state
+    )
+    for n, p in phi.items():
+        p.grad = g[n]
+    exp.outer.step()
+    exp.scheduler.step()
+    exp.iteration += 1
+    return losses
+
+
 def meta_train(
     exp: Experiment, tracker: Tracker, checkpointer: ckpt.Checkpointer, run_id: str, stop: StopSignals
 ) -> None:
     """Algorithm 2: for each outer iteration, adapt to a meta-batch and step phi towards the W_t."""
-    cfg, learner, dataset = exp.cfg, exp.learner, exp.dataset
-    phi = exp.phi
+    cfg, dataset = exp.cfg, exp.dataset
     loss_sum, logged_from, clock = torch.zeros((), device=exp.device, dtype=torch.float64), exp.iteration, time.time()
     monitor = "val" if "val" in getattr(dataset, "splits", {}) else "test"
     bar = tqdm(
@@ -220,19 +261,9 @@ def meta_train(
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
     while exp.iteration < cfg.iterations:
-        tasks = dataset.sample_train(
-            cfg.meta_batch, cfg.k, cfg.inner_batch, exp.task_generator, cfg.replacement, exp.algorithm.query_shots
-        ).to(exp.device, exp.dtype)
         eps = exp.outer.param_groups[0]["lr"]
-        g, exp.inner_state, losses = exp.algorithm.meta_gradient(
-            learner, {n: p.detach() for n, p in phi.items()}, tasks, exp.inner_state
-        )
-        for n, p in phi.items():
-            p.grad = g[n]
-        exp.outer.step()
-        exp.scheduler.step()
-        exp.iteration += 1
-        loss_sum += losses.detach().mean()
+        losses = outer_step(exp)
+        loss_sum += distributed.task_mean(losses.detach().mean(1))
         it = exp.iteration
         if it % cfg.log_every == 0 or it == cfg.iterations:
             loss = (loss_sum / (it - logged_from)).item()
@@ -245,13 +276,14 @@ def meta_train(
         if cfg.eval_every and it % cfg.eval_every == 0:
             result = evaluate_split(exp, monitor, cfg.eval_every_tasks, cfg.seed + 1)
             tracker.log({"iteration": it, **{f"eval/{monitor}_{k}": v for k, v in result.items()}})
-        if it % cfg.checkpoint_every == 0 or it == cfg.iterations or stop.received:
+        received = distributed.agree(stop.received)
+        if it % cfg.checkpoint_every == 0 or it == cfg.iterations or received:
             _check_finite(exp, None, checkpointer)
             path = checkpointer.save(exp.state_dict(run_id, finished=it == cfg.iterations), it)
         bar.update(1)
-        if stop.received:
+        if received:
             bar.close()
-            raise Interrupted(stop.received, str(path))
+            raise Interrupted(received, str(path))
     bar.close()
 
 
@@ -262,7 +294,8 @@ def _check_finite(exp: Experiment, loss: float | None, checkpointer: ckpt.Checkp
         kept = f"last good checkpoint {last[0]} kept" if last else "no checkpoint was written yet"
         what = f"phi ({bad_phi[0]})" if bad_phi else f"the inner-loop loss ({loss})"
         raise Diverged(
-            f"diverged at iteration {exp.iteration}: {what} is not finite; {kept}; lower inner_lr or epsilon and re-run"
+            f"diverged at iteration {exp.iteration}: {what} is not finite; {kept}; "
+            "lower inner_lr or epsilon and re-run in a new run dir"
         )
 
 
@@ -350,10 +383,15 @@ def _load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, e
 
 
 def run(cfg: DictConfig, out_dir: Path) -> float:
-    """Train (or resume) and evaluate one configuration; return the objective for sweepers."""
+    """Train (or resume) and evaluate one configuration; return the objective for sweepers.
+
+    Launched as several ranks (torchrun, or one SLURM task per GPU), the ranks share every meta-batch;
+    rank 0 alone logs, checkpoints and evaluates at the end (distributed.py).
+    """
     validate(cfg)
+    rank = distributed.setup(cfg.device.value, cfg.meta_batch)
+    out_dir = Path(distributed.from_rank0(str(out_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     exp = build(cfg)
     checkpointer = ckpt.Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
     state, path = _load_for(cfg, out_dir, checkpointer, cfg.evaluate_only)
@@ -362,16 +400,21 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if state is not None:
         exp.load_state_dict(state, training=not cfg.evaluate_only)
         log.info("loaded %s (iteration %d)", path, state["iteration"])
-        if (
-            not cfg.evaluate_only
-            and state["finished"]
-            and state["iteration"] >= cfg.iterations
-            and summary_path.exists()
-        ):
-            log.info(
-                "this run already finished; its results are in %s (start a new run dir to train again)", summary_path
-            )
+    if not cfg.evaluate_only and summary_path.exists() and not cfg.overwrite:
+        if state is not None and state["finished"] and state["iteration"] == cfg.iterations:
+            log.info("this run already finished; its results are in %s (overwrite=true to redo them)", summary_path)
             return json.loads(summary_path.read_text())["objective"]
+        found = f"its newest checkpoint is at iteration {state['iteration']}" if state else "it has no checkpoint"
+        raise ConfigError(
+            f"overwrite=false is invalid here: {out_dir} holds a finished run's results (summary.json) and {found}, "
+            f"iterations={cfg.iterations}; set overwrite=true to continue and replace them, or use a new hydra.run.dir"
+        )
+    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if rank != 0:  # the other ranks only share the meta-training
+        if not cfg.evaluate_only:
+            with StopSignals() as stop:
+                meta_train(exp, distributed.Muted(), distributed.Muted(), None, stop)
+        return penalty(cfg)  # never read: launchers take rank 0's objective
     if not cfg.evaluate_only:
         MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
     run_id = _run_id(out_dir, None if cfg.evaluate_only else state)
@@ -394,13 +437,13 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
             "results": results,
             "checkpoint": str(path) if cfg.evaluate_only else None,
         }
-        tracker.summarize(summary, summary_path)
         tracker.log(
             {
                 "iteration": exp.iteration,
                 **{f"final/{s}_{k}": v for s, r in results.items() for k, v in r.items() if not isinstance(v, list)},
             }
         )
+        tracker.summarize(summary, summary_path)  # last: a run is finished once its summary exists
         if not cfg.evaluate_only and checkpointer.paths():
             tracker.log_model(checkpointer.paths()[0], aliases=["latest", "final"])
     log.info("results in %s", out_dir)
@@ -412,19 +455,77 @@ def penalty(cfg: DictConfig) -> float:
     return 0.0 if "root" in cfg.dataset else 1e6
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def _user_error(e: Exception) -> str | None:
+    """The one-line message of an error the user can fix: ours, a full disk, device memory exhausted."""
+    if isinstance(e, ReptileExpError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            f"no space left writing {e.filename or 'a file'} ({e.strerror}); the checkpoints already written are "
+            "kept: free disk space (or move paths.log_dir) and re-run the same command to resume"
+        )
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ImportError, TypeError)):
+        reason = " ".join(str(e).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").split())
+        return f"{reason}; check the _target_ and keys of that config group"
+    if isinstance(e, torch.OutOfMemoryError):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        return f"out of device memory ({first}); lower meta_batch, or eval_chunk / eval_memory_mb if it was evaluating"
+    return None
+
+
+# An absolute config path: "../conf" would be read as the package `conf` when run as the console script.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
-        return run(cfg, out_dir)
+        objective = run(cfg, out_dir)
     except Interrupted as e:
         log.warning("%s", e)
         redeliver(e.signum)
-    except ReptileExpError as e:
-        log.error("error: %s", e)
-        if HydraConfig.get().mode.name == "MULTIRUN":
+    except Exception as e:
+        message = _user_error(e)
+        if message is None:
+            raise
+        log.error("error: %s", message)
+        if multirun:  # the sweep goes on; the sweep summary shows error.txt
+            atomic_write_text(out_dir / "error.txt", message + "\n")
             return penalty(cfg)
         sys.exit(1)
+    if multirun and not math.isfinite(objective):  # a NaN would stop an Optuna search
+        log.warning("objective %s is not finite; the sweeper gets %s", objective, penalty(cfg))
+        return penalty(cfg)
+    return objective
+
+
+def _raised_in_task(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _hydra_main.__wrapped__.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def main() -> None:
+    """The command line (also `reptile-train`): Hydra's entry point, with the errors Hydra and OmegaConf
+    raise while composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1.
+    HYDRA_FULL_ERROR=1 shows them with their traceback instead."""
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises composition errors instead of printing a report
+    try:
+        _hydra_main()
+    except Exception as e:
+        message = None if _raised_in_task(e) else composition_error(e)  # a bug in run() keeps its traceback
+        if message is None or asked == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
 
 
 if __name__ == "__main__":

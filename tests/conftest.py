@@ -21,6 +21,9 @@ def clean_env(tmp_path: Path, **extra: str) -> dict:
     """An environment without W&B credentials and with HOME in tmp_path (no netrc, no prompts)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(
+        # one torch thread per subprocess: tests may run several at once on small machines, where
+        # oversubscribed threads cost far more than they give for these tiny models
+        OMP_NUM_THREADS="1",
         HOME=str(tmp_path / "home"),
         WANDB_DIR=str(tmp_path),
         PYTHONUNBUFFERED="1",

@@ -1,0 +1,202 @@
+"""Bad input through the real command line (issue 7): config values, data files, checkpoints.
+
+Each case runs `python -m reptile_exp.train` in a subprocess and must exit with status 1 and one
+line on stderr ("error: ...") naming what to fix, without a traceback. The cases run a few at a
+time in a module fixture (each subprocess mostly waits on `import torch`); every case is its own test.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, clean_env, run_train, train_cmd
+from synthetic_data import mini_images, omniglot_pngs, png_bytes, write_mini_csv, write_mini_pickles, write_omniglot
+
+FAST = ["logger.mode=disabled", "progress=false", "device=cpu", "iterations=2", "eval_every=0", "eval_tasks=2"]
+OMNIGLOT = ["dataset=omniglot", "model=omniglot_conv", "dataset._target_=synthetic_data.SmallOmniglot"]
+MINI = ["dataset=miniimagenet", "model=miniimagenet_conv"]
+
+
+class Payload:
+    """Unpickling this creates `marker` (the pickle stores a call to open): the stand-in for hostile code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+# (id, overrides with {placeholders} for the files built below, key phrase of the one-line error)
+CASES = [
+    # composition: the typed schema, unknown keys and group options
+    ("type", ["k=abc"], "k='abc' is invalid"),
+    ("enum", ["device=gpu"], "expected one of [auto, cpu, cuda]"),
+    ("unknown_key", ["kk=3"], "kk is not a config key: did you mean 'k'?"),
+    ("unknown_group_key", ["dataset.n_pionts=3"], "did you mean 'n_points'?"),
+    ("unknown_option", ["dataset=nope"], "choose one of ['miniimagenet', 'omniglot', 'sine']"),
+    ("override_syntax", ["k=[1,"], "cannot compose the config"),
+    ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'"),
+    # validate(): ranges and cross-field checks
+    ("k_zero", ["k=0"], "k=0 is invalid: must be an integer >= 1"),
+    ("lr_nan", ["inner_lr=nan"], "inner_lr=nan is invalid: must be a finite number > 0"),
+    ("eps_final", ["epsilon_final=0.5"], "epsilon_final=0.5 is invalid: must be between 0 and epsilon=0.1"),
+    ("hidden", ["model.hidden=[64,0]"], "model.hidden=[64, 0] is invalid: must be an integer >= 1"),
+    ("sine_shots", ["dataset.k_shot=60"], "dataset.k_shot=60 is invalid: must be <= dataset.n_points=50"),
+    ("split", ["eval_splits=[dev]"], "'dev' is invalid: choose from ['train', 'val', 'test']"),
+    ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
+    ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
+    # data files
+    ("data_missing", ["dataset=omniglot", "dataset.root={tmp}/nowhere"], "or set dataset.download=true"),
+    ("zip_garbage", [*OMNIGLOT, "dataset.root={zip_garbage}"], "images_background.zip is not a readable zip"),
+    ("zip_member", [*OMNIGLOT, "dataset.root={zip_member}"], "images_evaluation.zip is corrupt at"),
+    ("png_truncated", [*OMNIGLOT, "dataset.root={png_truncated}"], "cannot decode"),
+    ("character_missing", [*OMNIGLOT, "dataset.root={character_missing}"], "39 characters, expected 4 and 40"),
+    ("class_too_many", [*MINI, "dataset.root={mini}"], "dataset.n_way=5 exceeds the 4 classes of the 'train'"),
+    (
+        "query_too_many",
+        [*MINI, "dataset.root={mini}", "dataset.n_way=2", "dataset.train_shots=6", "algorithm=maml"],
+        "(+1 query) needs 7",
+    ),
+    ("pickle_hostile", [*MINI, "dataset.root={mini_hostile}"], "refusing to load io.open"),
+    ("pickle_size", [*MINI, "dataset.root={mini_size}"], "is not a uint8 array (N, 84, 84, 3)"),
+    ("class_empty", [*MINI, "dataset.root={mini_empty}"], "classes have different numbers of images"),
+    ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
+    # checkpoints
+    ("ckpt_missing", ["resume={tmp}/nowhere.pt"], "nowhere.pt does not exist"),
+    ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
+    ("ckpt_hostile", ["resume={ckpt_hostile}"], "refused: loading it could run code"),
+    ("ckpt_model", ["resume={ckpt}"], "model.hidden: this run has [64, 64], the checkpoint has [8, 8]"),
+]
+
+
+def build_omniglot(base: Path) -> dict[str, Path]:
+    """Small Omniglot roots (tests/synthetic_data.SmallOmniglot counts), each damaged in one way."""
+    pngs = omniglot_pngs()
+    first = min(pngs, key=lambda p: p.split("/")[1:])  # decoded first: its damage is found at once
+    roots = {}
+
+    def variant(name: str, files: dict[str, bytes]) -> Path:
+        roots[name] = write_omniglot(base / name, files)
+        return roots[name]
+
+    variant("omniglot", pngs)
+    (variant("zip_garbage", pngs) / "images_background.zip").write_bytes(b"not a zip file " * 64)
+    member = variant("zip_member", pngs) / "images_evaluation.zip"
+    with zipfile.ZipFile(member) as z:
+        info = z.getinfo(first)
+    data = bytearray(member.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the first member's compressed bytes
+    data[start : start + 64] = bytes(64)
+    member.write_bytes(bytes(data))
+    variant("png_truncated", {**pngs, first: pngs[first][:60]})
+    variant("png_rgb", {**pngs, first: png_bytes(np.zeros((105, 105, 3), np.uint8))})
+    gone = "/".join(first.split("/")[:3])
+    variant("character_missing", {p: b for p, b in pngs.items() if not p.startswith(gone + "/")})
+    return roots
+
+
+def build_mini(base: Path) -> dict[str, Path]:
+    """Mini-ImageNet roots with 4/2/3 classes of 6 images: intact pickles, and damaged pickles or jpgs."""
+    images = mini_images()
+    roots = {name: base / name for name in ("mini", "mini_hostile", "mini_size", "mini_empty", "mini_csv")}
+    for name in ("mini", "mini_hostile", "mini_size", "mini_empty"):
+        write_mini_pickles(roots[name], images)
+    train = "mini-imagenet-cache-train.pkl"
+    (roots["mini_hostile"] / train).write_bytes(pickle.dumps(Payload(base / "pwned_by_pickle")))
+    small = {"image_data": np.zeros((12, 32, 32, 3), np.uint8), "class_dict": {"a": list(range(6)), "b": []}}
+    (roots["mini_size"] / train).write_bytes(pickle.dumps(small))
+    empty = {"image_data": np.zeros((6, 84, 84, 3), np.uint8), "class_dict": {"a": list(range(6)), "b": []}}
+    (roots["mini_empty"] / train).write_bytes(pickle.dumps(empty))
+    rows = write_mini_csv(roots["mini_csv"], images)
+    (roots["mini_csv"] / "images" / rows["train"][0]["filename"]).unlink()
+    return roots
+
+
+def start_checkpoint_run(base: Path) -> subprocess.Popen:
+    """A real checkpoint (MLP 1-8-8-1, two iterations) made by the command line, in the background."""
+    cmd = train_cmd(f"hydra.run.dir={base / 'ckpt_run'}", "model.hidden=[8,8]", *FAST, "k_eval=1")
+    env = clean_env(base, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def damaged_checkpoints(base: Path) -> dict[str, Path]:
+    """That checkpoint, a truncated copy and a checkpoint whose unpickling would create a marker file."""
+    ckpt = next((base / "ckpt_run" / "checkpoints").glob("ckpt-*.pt"))
+    paths = {"ckpt": ckpt, "ckpt_truncated": base / "ckpt_truncated.pt", "ckpt_hostile": base / "ckpt_hostile.pt"}
+    paths["ckpt_truncated"].write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    torch.save({"phi": Payload(base / "pwned_by_checkpoint")}, paths["ckpt_hostile"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    base = tmp_path_factory.mktemp("bad_inputs")
+    checkpoint_run = start_checkpoint_run(base)
+    places = {"tmp": base, **build_omniglot(base), **build_mini(base)}
+    assert checkpoint_run.wait(timeout=300) == 0
+    places.update(damaged_checkpoints(base))
+    # one intra-op thread: on a busy 2-core machine a second one spin-waits and costs several times the CPU
+    env = clean_env(base, PYTHONPATH=str(ROOT / "tests"), REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
+
+    def run(case) -> subprocess.CompletedProcess:
+        name, overrides, _ = case
+        args = [o.format(**places) for o in overrides]
+        cmd = train_cmd(*args, *FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}")
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip([c[0] for c in CASES], pool.map(run, CASES)))
+    results["_markers"] = [base / "pwned_by_pickle", base / "pwned_by_checkpoint"]
+    return results
+
+
+def test_at_least_25_cases():
+    assert len(CASES) >= 25 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("name,phrase", [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_fails_with_one_line(outcomes, name, phrase):
+    proc = outcomes[name]
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 1, output
+    assert "Traceback" not in proc.stdout + proc.stderr, output
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and phrase in errors[0], output
+
+
+def test_hostile_files_ran_no_code(outcomes):
+    assert outcomes["pickle_hostile"].returncode == outcomes["ckpt_hostile"].returncode == 1
+    for marker in outcomes["_markers"]:
+        assert not marker.exists(), f"{marker} was created: the hostile pickle ran"
+
+
+def test_console_script_reports_one_line_outside_the_repo(tmp_path):
+    script = Path(sys.executable).with_name("reptile-train")
+    if not script.exists():
+        pytest.skip("the reptile-train console script is not installed in this environment")
+    proc = subprocess.run(
+        [str(script), "dataset=nope"], cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: dataset=nope is invalid: no such option; choose one of " + str(
+        sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
+    )
+
+
+def test_a_bad_value_costs_only_its_job_of_a_sweep(tmp_path):
+    proc = run_train(tmp_path, "k=0,1", *FAST, "k_eval=1", multirun=True, OMP_NUM_THREADS="1")
+    sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
+    assert "k=0 is invalid: must be an integer >= 1" in (sweep / "0" / "error.txt").read_text()
+    assert json.loads((sweep / "1" / "summary.json").read_text())["iterations"] == 2, proc.stderr
