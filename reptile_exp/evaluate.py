@@ -12,7 +12,6 @@ import math
 
 import torch
 from torch import Tensor
-from torch.func import vmap
 
 from .meta.learner import Learner
 from .meta.optim import Params, State
@@ -25,12 +24,16 @@ def ci95(values: Tensor) -> float:
 
 
 def _non_transductive_logits(learner: Learner, weights: Params, x_support: Tensor, x_query: Tensor) -> Tensor:
-    """(T, q, n_way): query j of task t classified in one forward pass with all of t's support."""
-    num_queries = x_query.shape[1]
-    support = x_support.unsqueeze(1).expand(-1, num_queries, *x_support.shape[1:])
-    batches = torch.cat([support, x_query.unsqueeze(2)], dim=2)  # (T, q, n_support + 1, ...)
-    per_task = vmap(lambda w, xs: vmap(learner.forward, in_dims=(None, 0))(w, xs))
-    return per_task(weights, batches)[:, :, -1]
+    """(T, q, n_way): query j of task t classified in one forward pass with all of t's support.
+
+    One query of every task at a time, so a chunk's activations hold n_support + 1 images per task, not q times as
+    many (the chunk sizing in train.eval_chunk counts on it).
+    """
+    logits = [
+        learner.predict(weights, torch.cat([x_support, x_query[:, j : j + 1]], dim=1))[:, -1]
+        for j in range(x_query.shape[1])
+    ]
+    return torch.stack(logits, dim=1)
 
 
 def chunk_size(

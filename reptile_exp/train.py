@@ -183,19 +183,15 @@ def _instantiate(node: DictConfig, *args):
 def eval_chunk(exp: Experiment, num_tasks: int) -> int:
     """Test tasks adapted together when evaluating num_tasks: eval_chunk, or what fits in eval_memory_mb."""
     cfg, dataset = exp.cfg, exp.dataset
+    # the most inputs a task puts through the model at once: its support and queries (the inner minibatches, the
+    # support plus one query, or the queries alone); sine: the minibatch or the query grid
     examples = (
         dataset.n_way * (dataset.k_shot + 1)
         if dataset.kind == "classification"
         else max(cfg.eval_batch, getattr(dataset, "n_points", 0))
     )
     return chunk_size(
-        exp.learner,
-        exp.phi,
-        num_tasks,
-        dataset.input_shape,
-        examples * (dataset.n_way if (dataset.kind == "classification" and not cfg.transductive) else 1),
-        cfg.eval_memory_mb,
-        cfg.eval_chunk,
+        exp.learner, exp.phi, num_tasks, dataset.input_shape, examples, cfg.eval_memory_mb, cfg.eval_chunk
     )
 
 
