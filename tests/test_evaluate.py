@@ -29,12 +29,17 @@ def _trained_state(learner, phi):
     return state
 
 
-def test_evaluation_leaves_phi_and_the_training_optimizer_state_unchanged():
+def _conv_learner():
+    """A seeded float64 Omniglot conv net, its learner with inner Adam, phi and a non-zero Adam state."""
     torch.manual_seed(0)
     model = OmniglotConvNet(3).double()
     learner = Learner(model, Adam(0.01), "cross_entropy", "sum")
     phi = {n: p.detach() for n, p in model.named_parameters()}
-    state = _trained_state(learner, phi)
+    return model, learner, phi, _trained_state(learner, phi)
+
+
+def test_evaluation_leaves_phi_and_the_training_optimizer_state_unchanged():
+    model, learner, phi, state = _conv_learner()
     phi_before, state_before = copy.deepcopy(phi), copy.deepcopy(state)
     for transductive in (False, True):
         evaluate(
@@ -75,11 +80,7 @@ def test_non_transductive_classifies_each_query_with_the_support_set():
 
 def test_accuracy_matches_a_task_by_task_evaluation():
     """Each test task fine-tunes from phi and the training Adam state with torch.optim, one at a time."""
-    torch.manual_seed(0)
-    model = OmniglotConvNet(3).double()
-    learner = Learner(model, Adam(0.01), "cross_entropy", "sum")
-    phi = {n: p.detach() for n, p in model.named_parameters()}
-    state = _trained_state(learner, phi)
+    model, learner, phi, state = _conv_learner()
     dataset, steps = _dataset(), 4
     result = evaluate(
         learner, phi, state, dataset, "test", 5, steps, 3, torch.Generator().manual_seed(3), chunk=5, transductive=True
