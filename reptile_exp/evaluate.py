@@ -9,12 +9,16 @@ sees support + that one query). Regression: MSE on the query points after 0..k_e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from .data.tasks import TaskBatch
 from .meta.learner import Learner
 from .meta.optim import Params, State
+
+DRAW_BLOCK = 100  # test tasks drawn per sampler call, whatever the chunk: the seed alone fixes the tasks
 
 
 def ci95(values: Tensor) -> float:
@@ -68,6 +72,22 @@ def chunk_size(
     return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task_bytes)))
 
 
+def task_chunks(
+    dataset, split: str, num_tasks: int, steps: int, batch: int, generator: torch.Generator, chunk: int
+) -> Iterator[TaskBatch]:
+    """num_tasks test tasks in chunks of `chunk`, drawn DRAW_BLOCK at a time, so that every chunk size (memory
+    budget, device, transductive or not) evaluates the same tasks."""
+    drawn, pending = 0, []
+    while drawn < num_tasks or pending:
+        while sum(p.num_tasks for p in pending) < chunk and drawn < num_tasks:
+            pending.append(dataset.sample_eval(min(DRAW_BLOCK, num_tasks - drawn), steps, batch, generator, split))
+            drawn += pending[-1].num_tasks
+        tasks = TaskBatch.cat(pending)
+        rest = tasks[chunk:]
+        pending = [rest] if rest.num_tasks else []
+        yield tasks[:chunk]
+
+
 @torch.no_grad()  # torch.func.grad inside adapt still differentiates (function transforms ignore it)
 def evaluate(
     learner: Learner,
@@ -82,19 +102,18 @@ def evaluate(
     chunk: int,
     transductive: bool = False,
     curve: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict:
     """Mean metric over num_tasks test tasks of `split`, with its 95% CI.
 
-    Returns {"accuracy", "accuracy_ci95"} for classification, {"mse", "mse_ci95", "mse_curve"}
-    for regression (the curve: mean MSE after 0..steps inner steps).
+    on_chunk(tasks) is called after each chunk (a progress bar; it may raise to stop). Returns {"accuracy",
+    "accuracy_ci95"} for classification, {"mse", "mse_ci95", "mse_curve"} for regression (the curve: mean MSE
+    after 0..steps inner steps).
     """
     per_task, curves = [], []
     phi = {n: p.detach() for n, p in phi.items()}
-    done = 0
-    while done < num_tasks:
-        tasks = dataset.sample_eval(min(chunk, num_tasks - done), steps, batch, generator, split=split)
+    for tasks in task_chunks(dataset, split, num_tasks, steps, batch, generator, chunk):
         tasks = tasks.to(tasks.x.device, next(iter(phi.values())).dtype)
-        done += tasks.num_tasks
         if dataset.kind == "regression":
             steps_mse = []
 
@@ -113,6 +132,8 @@ def evaluate(
             else:
                 logits = _non_transductive_logits(learner, weights, tasks.x, tasks.x_query)
             per_task.append((logits.argmax(-1) == tasks.y_query).double().mean(1))
+        if on_chunk is not None:
+            on_chunk(tasks.num_tasks)
     values = torch.cat(per_task).double()
     if dataset.kind == "regression":
         result = {"mse": values.mean().item(), "mse_ci95": ci95(values)}

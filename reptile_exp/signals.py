@@ -1,8 +1,9 @@
 """Pre-emption: SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 become a flag the training loop checks between
-outer iterations; the loop then checkpoints, the W&B run is finished, and the signal is re-delivered
-to the handler that was installed before (so submitit's requeue or the default exit still happen).
-submitit sends SIGUSR2 before a SLURM time limit or on pre-emption (SUBMITIT_PREEMPT_SIGNAL picks
-another); its handler then requeues the job, which resumes from that checkpoint (docs/sweeps.md).
+outer iterations and the final evaluation between chunks of test tasks; training then checkpoints, the W&B run
+is finished, and the signal is re-delivered to the handler that was installed before (so submitit's requeue or
+the default exit still happen). submitit sends SIGUSR2 before a SLURM time limit or on pre-emption
+(SUBMITIT_PREEMPT_SIGNAL picks another); its handler then requeues the job, which resumes from that checkpoint
+(docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Interrupted(ReptileExpError):
-    def __init__(self, signum: int, checkpoint: str):
+    def __init__(self, signum: int, checkpoint: str | None):
+        """checkpoint: the one written on stopping, or None when stopped while evaluating (nothing to save)."""
         self.signum = signum
+        done = f"checkpoint {checkpoint} written" if checkpoint else "evaluation not finished, nothing written"
         super().__init__(
-            f"stopped by {signal.Signals(signum).name}; checkpoint {checkpoint} written, "
-            "re-run the same command (same output dir) to resume"
+            f"stopped by {signal.Signals(signum).name}; {done}, re-run the same command (same output dir) to resume"
         )
 
 

@@ -195,12 +195,32 @@ def eval_chunk(exp: Experiment, num_tasks: int) -> int:
     )
 
 
-def evaluate_split(exp: Experiment, split: str, num_tasks: int, seed: int, curve: bool = False) -> dict:
-    """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks."""
+def evaluate_split(
+    exp: Experiment, split: str, num_tasks: int, seed: int, curve: bool = False, stop: StopSignals | None = None
+) -> dict:
+    """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks.
+
+    With `stop` (the final evaluation): a progress bar, and a stop signal ends it between chunks (Interrupted).
+    """
     cfg, dataset = exp.cfg, exp.dataset
+    bar = tqdm(
+        total=num_tasks,
+        disable=stop is None or not cfg.progress,
+        dynamic_ncols=True,
+        desc=f"evaluate {split}",
+        unit="task",
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+
+    def on_chunk(tasks: int) -> None:
+        bar.update(tasks)
+        if stop is not None and stop.received:
+            bar.close()
+            raise Interrupted(stop.received, None)
+
     chunk = eval_chunk(exp, num_tasks)
     generator = torch.Generator(device=exp.device).manual_seed(seed)
-    return evaluate(
+    result = evaluate(
         exp.learner,
         exp.phi,
         exp.inner_state,
@@ -213,7 +233,10 @@ def evaluate_split(exp: Experiment, split: str, num_tasks: int, seed: int, curve
         chunk,
         transductive=cfg.transductive,
         curve=curve,
+        on_chunk=on_chunk,
     )
+    bar.close()
+    return result
 
 
 def _metric(dataset) -> str:
@@ -295,12 +318,12 @@ def _check_finite(exp: Experiment, loss: float | None, checkpointer: ckpt.Checkp
         )
 
 
-def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path) -> dict:
+def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: StopSignals) -> dict:
     """Evaluate every split of eval_splits (REFERENCE.md section 5) and draw the figures."""
     cfg = exp.cfg
     results = {}
     for i, split in enumerate(cfg.eval_splits):
-        results[split] = evaluate_split(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, curve=True)
+        results[split] = evaluate_split(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, curve=True, stop=stop)
         log.info("%s %s: %s", split, _metric(exp.dataset), _fmt(results[split], _metric(exp.dataset)))
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
@@ -422,7 +445,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     ):
         if not cfg.evaluate_only:
             meta_train(exp, tracker, checkpointer, run_id, stop)
-        results = final_evaluation(exp, tracker, out_dir)
+        results = final_evaluation(exp, tracker, out_dir, stop)
         objective = results[cfg.objective_split][metric]
         summary = {
             "objective": objective,

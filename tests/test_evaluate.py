@@ -7,7 +7,8 @@ import torch
 
 from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
 from reptile_exp.data.sine import Sine
-from reptile_exp.evaluate import _non_transductive_logits, evaluate
+from reptile_exp.data.tasks import TaskBatch
+from reptile_exp.evaluate import DRAW_BLOCK, _non_transductive_logits, evaluate, task_chunks
 from reptile_exp.meta.learner import Learner
 from reptile_exp.meta.optim import Adam
 from reptile_exp.models import MLP, OmniglotConvNet
@@ -123,3 +124,39 @@ def test_sine_curve_starts_at_the_initialisation_and_has_k_eval_plus_one_points(
     out = evaluate(learner, phi, {}, Sine(), "test", 50, 32, 10, torch.Generator().manual_seed(0), chunk=20, curve=True)
     assert len(out["mse_curve"]) == 33
     assert out["mse_curve"][-1] == out["mse"] < out["mse_curve"][0]
+
+
+@pytest.mark.parametrize("dataset", [_dataset(), Sine()], ids=["fewshot", "sine"])
+def test_the_seed_alone_fixes_the_test_tasks_whatever_the_chunk(dataset):
+    """Memory budgets, devices and transductive or not pick different chunks; the tasks must not change."""
+    num_tasks = 2 * DRAW_BLOCK + 13
+
+    def drawn(chunk):
+        chunks = list(task_chunks(dataset, "test", num_tasks, 3, 2, torch.Generator().manual_seed(5), chunk))
+        assert [c.num_tasks for c in chunks[:-1]] == [chunk] * (len(chunks) - 1) and chunks[-1].num_tasks <= chunk
+        return TaskBatch.cat(chunks)
+
+    reference = drawn(num_tasks)
+    for chunk in (1, 7, DRAW_BLOCK, DRAW_BLOCK + 1, 500):
+        tasks = drawn(chunk)
+        for name in ("x", "y", "batches", "x_query", "y_query"):
+            assert torch.equal(getattr(tasks, name), getattr(reference, name)), (chunk, name)
+
+
+def test_evaluation_result_and_progress_do_not_depend_on_the_chunk():
+    torch.manual_seed(0)
+    model = MLP().double()
+    from reptile_exp.meta.optim import SGD
+
+    learner = Learner(model, SGD(0.02))
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    results = []
+    for chunk in (9, 64):
+        seen = []
+        out = evaluate(
+            learner, phi, {}, Sine(), "test", 150, 5, 10, torch.Generator().manual_seed(0), chunk, on_chunk=seen.append
+        )
+        assert sum(seen) == 150 and len(seen) == -(-150 // chunk)
+        results.append(out)
+    assert results[0]["mse"] == pytest.approx(results[1]["mse"], rel=1e-12)
+    assert results[0]["mse_ci95"] == pytest.approx(results[1]["mse_ci95"], rel=1e-9)

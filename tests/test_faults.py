@@ -190,3 +190,25 @@ def test_stop_signal_checkpoints_and_finishes_wandb(tmp_path, sig):
     (checkpoint,) = (run_dir / "checkpoints").glob("ckpt-*.pt")
     assert torch.load(checkpoint, weights_only=True)["iteration"] >= 10
     assert exit_code(next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+def test_stop_signal_during_the_final_evaluation_stops_it_and_the_rerun_evaluates(tmp_path):
+    """The final evaluation is as pre-emptible as training: a stop signal ends it between chunks of test tasks."""
+    run_dir = tmp_path / "run"
+    args = [f"hydra.run.dir={run_dir}", "iterations=20", "eval_every=0", "logger.mode=disabled", "device=cpu"]
+    cmd = train_cmd(*args, "eval_tasks=1000000", "eval_chunk=10")  # about an hour of evaluation
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    final = run_dir / "checkpoints" / "ckpt-00000020.pt"  # written as training ends, before the evaluation
+    deadline = time.time() + 120
+    while not final.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), output
+    assert "stopped by SIGTERM; evaluation not finished" in output
+    assert final.exists() and not (run_dir / "summary.json").exists()
+    run_train(tmp_path, *args, "eval_tasks=50")  # the same run dir: resumes at iteration 20, evaluates only
+    assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 20

@@ -35,6 +35,20 @@ class TaskBatch:
             self, **{f.name: getattr(self, f.name)[tasks] for f in fields(self) if getattr(self, f.name) is not None}
         )
 
+    @staticmethod
+    def cat(parts: list[TaskBatch]) -> TaskBatch:
+        """The tasks of `parts`, in order, as one batch."""
+        if len(parts) == 1:
+            return parts[0]
+        return replace(
+            parts[0],
+            **{
+                f.name: torch.cat([getattr(p, f.name) for p in parts])
+                for f in fields(TaskBatch)
+                if getattr(parts[0], f.name) is not None
+            },
+        )
+
     def minibatch(self, step: int) -> tuple[Tensor, Tensor]:
         """Inputs and targets of inner step `step` for every task: (T, batch, ...)."""
         idx = self.batches[:, step]
