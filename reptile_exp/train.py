@@ -203,40 +203,35 @@ def evaluate_split(
     With `stop` (the final evaluation): a progress bar, and a stop signal ends it between chunks (Interrupted).
     """
     cfg, dataset = exp.cfg, exp.dataset
-    bar = tqdm(
+    with tqdm(
         total=num_tasks,
         disable=stop is None or not cfg.progress,
         dynamic_ncols=True,
         desc=f"evaluate {split}",
         unit="task",
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
-    )
+    ) as bar:
 
-    def on_chunk(tasks: int) -> None:
-        bar.update(tasks)
-        if stop is not None and stop.received:
-            bar.close()
-            raise Interrupted(stop.received, None)
+        def on_chunk(tasks: int) -> None:
+            bar.update(tasks)
+            if stop is not None and stop.received:
+                raise Interrupted(stop.received, None)
 
-    chunk = eval_chunk(exp, num_tasks)
-    generator = torch.Generator(device=exp.device).manual_seed(seed)
-    result = evaluate(
-        exp.learner,
-        exp.phi,
-        exp.inner_state,
-        dataset,
-        split,
-        num_tasks,
-        cfg.k_eval,
-        cfg.eval_batch,
-        generator,
-        chunk,
-        transductive=cfg.transductive,
-        curve=curve,
-        on_chunk=on_chunk,
-    )
-    bar.close()
-    return result
+        return evaluate(
+            exp.learner,
+            exp.phi,
+            exp.inner_state,
+            dataset,
+            split,
+            num_tasks,
+            cfg.k_eval,
+            cfg.eval_batch,
+            torch.Generator(device=exp.device).manual_seed(seed),
+            eval_chunk(exp, num_tasks),
+            transductive=cfg.transductive,
+            curve=curve,
+            on_chunk=on_chunk,
+        )
 
 
 def _metric(dataset) -> str:

@@ -10,7 +10,7 @@ from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import TaskBatch
 from reptile_exp.evaluate import DRAW_BLOCK, _non_transductive_logits, evaluate, task_chunks
 from reptile_exp.meta.learner import Learner
-from reptile_exp.meta.optim import Adam
+from reptile_exp.meta.optim import SGD, Adam
 from reptile_exp.models import MLP, OmniglotConvNet
 
 
@@ -28,6 +28,13 @@ def _trained_state(learner, phi):
     state["step"] = 7
     state["exp_avg_sq"] = {n: torch.rand_like(v) * 1e-3 for n, v in state["exp_avg_sq"].items()}
     return state
+
+
+def _sine_learner(dtype=torch.float32):
+    """A seeded sine MLP of `dtype`, its learner with inner SGD (lr 0.02) and phi."""
+    torch.manual_seed(0)
+    learner = Learner(MLP().to(dtype), SGD(0.02))
+    return learner, {n: p.detach() for n, p in learner.model.named_parameters()}
 
 
 def _conv_learner():
@@ -115,12 +122,7 @@ def test_accuracy_matches_a_task_by_task_evaluation():
 
 
 def test_sine_curve_starts_at_the_initialisation_and_has_k_eval_plus_one_points():
-    torch.manual_seed(0)
-    model = MLP()
-    from reptile_exp.meta.optim import SGD
-
-    learner = Learner(model, SGD(0.02))
-    phi = {n: p.detach() for n, p in model.named_parameters()}
+    learner, phi = _sine_learner()
     out = evaluate(learner, phi, {}, Sine(), "test", 50, 32, 10, torch.Generator().manual_seed(0), chunk=20, curve=True)
     assert len(out["mse_curve"]) == 33
     assert out["mse_curve"][-1] == out["mse"] < out["mse_curve"][0]
@@ -144,12 +146,7 @@ def test_the_seed_alone_fixes_the_test_tasks_whatever_the_chunk(dataset):
 
 
 def test_evaluation_result_and_progress_do_not_depend_on_the_chunk():
-    torch.manual_seed(0)
-    model = MLP().double()
-    from reptile_exp.meta.optim import SGD
-
-    learner = Learner(model, SGD(0.02))
-    phi = {n: p.detach() for n, p in model.named_parameters()}
+    learner, phi = _sine_learner(torch.float64)
     results = []
     for chunk in (9, 64):
         seen = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -29,25 +30,23 @@ class TaskBatch:
     def num_tasks(self) -> int:
         return self.x.shape[0]
 
+    def _map(self, fn: Callable[[str, Tensor], Tensor]) -> TaskBatch:
+        """The batch with every field present (not None) replaced by fn(field name, tensor)."""
+        return replace(
+            self,
+            **{f.name: fn(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None},
+        )
+
     def __getitem__(self, tasks: slice) -> TaskBatch:
         """The tasks `tasks` of the batch (a rank's share of a meta-batch, distributed.shard)."""
-        return replace(
-            self, **{f.name: getattr(self, f.name)[tasks] for f in fields(self) if getattr(self, f.name) is not None}
-        )
+        return self._map(lambda _, t: t[tasks])
 
     @staticmethod
     def cat(parts: list[TaskBatch]) -> TaskBatch:
         """The tasks of `parts`, in order, as one batch."""
         if len(parts) == 1:
             return parts[0]
-        return replace(
-            parts[0],
-            **{
-                f.name: torch.cat([getattr(p, f.name) for p in parts])
-                for f in fields(TaskBatch)
-                if getattr(parts[0], f.name) is not None
-            },
-        )
+        return parts[0]._map(lambda name, _: torch.cat([getattr(p, name) for p in parts]))
 
     def minibatch(self, step: int) -> tuple[Tensor, Tensor]:
         """Inputs and targets of inner step `step` for every task: (T, batch, ...)."""
@@ -56,13 +55,10 @@ class TaskBatch:
         return self.x[rows, idx], self.y[rows, idx]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TaskBatch:
-        def move(t: Tensor | None) -> Tensor | None:
-            if t is None:
-                return None
-            t = t.to(device)
-            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-        return TaskBatch(move(self.x), move(self.y), self.batches.to(device), move(self.x_query), move(self.y_query))
+        """The batch on `device`, its floating-point fields cast to dtype (when given)."""
+        return self._map(
+            lambda _, t: t.to(device, dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+        )
 
 
 def minibatch_schedule(
