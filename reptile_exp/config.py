@@ -86,6 +86,7 @@ class TrainConfig:
     transductive: bool = False
     compile: Compile = Compile.none
     precision: Precision = Precision.highest
+    fused_inner: bool = True
     threads: int = 0
     keep_host_memory: bool = True
     eval_every: int = 1000

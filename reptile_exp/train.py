@@ -150,7 +150,7 @@ def build(cfg: DictConfig) -> Experiment:
     fast = {"compile": cfg.compile.value, "precision": cfg.precision.value}
     check_fast_paths(device, fast["compile"], fast["precision"])
     set_precision(device, fast["precision"])
-    learner = Learner(model, inner, loss, cfg.loss_reduction.value, **fast)
+    learner = Learner(model, inner, loss, cfg.loss_reduction.value, **fast, fused=cfg.fused_inner)
     outer = _instantiate(cfg.outer_optimizer)(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(outer, LinearAnneal(cfg.epsilon, cfg.epsilon_final, cfg.iterations))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

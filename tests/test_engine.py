@@ -110,6 +110,26 @@ def test_one_step_reptile_is_sgd_on_mean_loss():
         assert torch.allclose(reptile[n], p - eps * alpha * gr, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("meta_batch", [1, 3])
+def test_in_place_inner_loop_leaves_phi_and_the_carried_state_alone(meta_batch):
+    """With fused (the default) adapt updates weights and Adam state in place: they must be its own copies, also
+    with one task, where the expanded view of phi is contiguous and .contiguous() would not copy."""
+    model = MLP(hidden=(16, 16)).double()
+    inner = Adam(0.01)
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    state = inner.init(phi)
+    state["exp_avg_sq"] = {n: v + 1.0 for n, v in state["exp_avg_sq"].items()}
+    before = copy.deepcopy((phi, state))
+    tasks = _sine_tasks(steps=3, meta_batch=meta_batch, outer_steps=1)[0].to("cpu", torch.float64)
+    weights, task_state, _ = Learner(model, inner).adapt(phi, tasks, state)
+    assert all(not torch.equal(weights[n][0], phi[n]) for n in phi)  # it did move
+    for n in phi:
+        assert torch.equal(phi[n], before[0][n])
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[moment][n], before[1][moment][n])
+            assert not torch.equal(task_state[moment][n][0], state[moment][n])
+
+
 @pytest.mark.cuda
 def test_engine_matches_reference_on_cuda():
     torch.manual_seed(0)

@@ -2,9 +2,10 @@
 
 The model is used as a pure function of its parameters (`torch.func.functional_call`); per-task
 losses and gradients come from `vmap(grad(...))` over the task dimension (GUIDE section 2).
-Fast paths (issue 6, measured in docs/benchmarks.md), each off by default; they change results
-only by rounding: `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays it as
-a CUDA graph) and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so
+Fast paths (issue 6, measured in docs/benchmarks.md); they change results only by rounding: `fused`
+(on by default: an inner loop that nobody differentiates updates its weights and optimizer state in
+place, optim.*.step_), `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays
+it as a CUDA graph) and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so
 bfloat16 rounding).
 """
 
@@ -57,6 +58,7 @@ class Learner:
         reduction: str = "mean",
         compile: str = "none",
         precision: str = "highest",
+        fused: bool = True,
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
@@ -65,7 +67,7 @@ class Learner:
         if compile not in COMPILE or precision not in PRECISIONS:
             raise ValueError(f"compile={compile!r}, precision={precision!r}: choose from {list(COMPILE)}, {PRECISIONS}")
         self.model, self.inner_optimizer, self.loss_name, self.reduction = model, inner_optimizer, loss, reduction
-        self.autocast, self.cudagraphs = precision == "bf16", compile == "cudagraphs"
+        self.autocast, self.cudagraphs, self.fused = precision == "bf16", compile == "cudagraphs", fused
         self._grad = vmap(grad_and_value(self.loss))
         # The inner optimizer stays eager: its integer step count would recompile (or re-record) every step.
         self._fast_grad = None if compile == "none" else torch.compile(self._grad, mode=COMPILE[compile])
@@ -97,19 +99,28 @@ class Learner:
 
         Returns the adapted weights W (task-stacked), the per-task optimizer state and the
         (T, steps) minibatch losses before each step. `observe(j, W)` sees the weights after
-        j = 0..steps updates. Differentiable with respect to phi (used by MAML).
+        j = 0..steps updates (W is updated in place afterwards: read it, do not keep it). Differentiable
+        with respect to phi (used by MAML); with `fused` and a phi nobody differentiates, W and the state are
+        this call's own copies, updated in place.
         """
         num_tasks = tasks.num_tasks
         steps = tasks.batches.shape[1] if steps is None else steps
+        in_place = self.fused and not any(p.requires_grad or _transformed(p) for p in phi.values())
         weights = {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in phi.items()}
-        if self._fast_grad is not None:  # one compiled graph for all steps: no stride-0 first step
+        if in_place:  # copies (with one task the expanded view is contiguous already: no copy)
+            weights = {n: w.clone(memory_format=torch.contiguous_format) for n, w in weights.items()}
+        elif self._fast_grad is not None:  # one compiled graph for all steps: no stride-0 first step
             weights = {n: w.contiguous() for n, w in weights.items()}
-        state = self.inner_optimizer.tile(state, num_tasks)
+        state = self.inner_optimizer.tile(state, num_tasks, owned=in_place)
         losses = []
         if observe is not None:
             observe(0, weights)
         for j in range(steps):
-            weights, state, loss = self.step(weights, state, *tasks.minibatch(j))
+            if in_place:
+                grads, loss = self.gradients(weights, *tasks.minibatch(j))
+                state = self.inner_optimizer.step_(weights, grads, state)
+            else:
+                weights, state, loss = self.step(weights, state, *tasks.minibatch(j))
             losses.append(loss)
             if observe is not None:
                 observe(j + 1, weights)
@@ -121,15 +132,19 @@ class Learner:
 
         Returns the new weights, the new per-task state and the (T,) losses before the step.
         """
-        if self._fast_grad is None or _transformed(next(iter(weights.values()))):
-            grads, loss = self._grad(weights, x, y)
-        else:
-            if self.cudagraphs:  # a new replay overwrites the previous one's outputs: keep none of them
-                torch.compiler.cudagraph_mark_step_begin()
-            grads, loss = self._fast_grad(weights, x, y)
-            loss = loss.clone()
+        grads, loss = self.gradients(weights, x, y)
         weights, state = self.inner_optimizer.step(weights, grads, state)
         return weights, state, loss
+
+    def gradients(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
+        """Every task's loss gradient at its weights on its minibatch, and the (T,) losses. With
+        compile=cudagraphs the gradients live until the next call only."""
+        if self._fast_grad is None or _transformed(next(iter(weights.values()))):
+            return self._grad(weights, x, y)
+        if self.cudagraphs:  # a new replay overwrites the previous one's outputs
+            torch.compiler.cudagraph_mark_step_begin()
+        grads, loss = self._fast_grad(weights, x, y)
+        return grads, loss.clone()
 
     def predict(self, weights: Params, x: Tensor) -> Tensor:
         """Outputs of every task's adapted model on its own inputs x: (T, n, ...)."""
