@@ -13,8 +13,9 @@ turn, so a change in machine load hits all of them alike:
 Reported: medians over repeats, the ratio engine/serial (median of the per-repeat ratios), achieved GFLOP/s (the
 useful FLOPs of the serial reference's step, counted by torch.utils.flop_counter, times the rate) beside the
 machine's measured matmul GFLOP/s, peak tensor memory (CUDA: max_memory_allocated; CPU: the profiler's allocation
-events), the evaluation chunk against eval_memory_mb, and where one training step's time goes (--profile 0
-skips it). A human table first, then one JSON line, the last line of stdout.
+events), the evaluation chunk against eval_memory_mb, where one training step's time goes (--profile 0 skips it)
+and, with --op-profile N, which operators take one plain evaluation of N tasks. A human table first, then one
+JSON line, the last line of stdout.
 """
 
 from __future__ import annotations
@@ -188,6 +189,21 @@ def profile_split(exp, steps: int) -> dict:
     return {part: statistics.median(times) for part, times in parts.items()}
 
 
+def operator_split(exp, num_tasks: int, top: int = 8) -> dict:
+    """Seconds of self time per operator in one plain evaluation of num_tasks test tasks (torch.profiler; CUDA:
+    device time): the `top` largest, then the rest as "other"."""
+    evaluate_split(exp, "test", num_tasks, seed=0)  # warm-up: allocator and kernels
+    cuda = exp.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        evaluate_split(exp, "test", num_tasks, seed=0)
+        sync(exp.device)
+    self_us = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total for e in prof.key_averages()}
+    ranked = sorted(self_us.items(), key=lambda kv: kv[1], reverse=True)
+    split = {name: us / 1e6 for name, us in ranked[:top]}
+    split["other"] = sum(us for _, us in ranked[top:]) / 1e6
+    return split
+
+
 def bench_preset(preset: str, args, device: torch.device) -> dict:
     variants = args.variants or DEFAULT_VARIANTS[device.type]
     plain_cfg = config(preset, device.type, args.overrides)
@@ -257,6 +273,10 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
     if args.profile:
         set_precision(device, "highest")
         result["profile_s"] = profile_split(build(plain_cfg), args.profile)
+    if args.op_profile:
+        set_precision(device, "highest")
+        result["eval_ops_tasks"] = args.op_profile
+        result["eval_ops_s"] = operator_split(build(plain_cfg), args.op_profile)
     return result
 
 
@@ -287,6 +307,10 @@ def table(report: dict) -> str:
             total = sum(res["profile_s"].values())
             split = ", ".join(f"{k} {1000 * v:.3g} ms ({100 * v / total:.0f}%)" for k, v in res["profile_s"].items())
             lines.append(f"one plain engine step: {split}")
+        if "eval_ops_s" in res:
+            total = sum(res["eval_ops_s"].values())
+            split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res["eval_ops_s"].items())
+            lines.append(f"one plain evaluation of {res['eval_ops_tasks']} tasks, self time by operator: {split}")
     return "\n".join(lines)
 
 
@@ -303,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-tasks", type=int, help="engine: test tasks timed (default cuda 1000, cpu 100)")
     parser.add_argument("--serial-eval-tasks", type=int, help="serial: test tasks timed (default cuda 100, cpu 10)")
     parser.add_argument("--profile", type=int, default=3, help="steps of the time split (0: none)")
+    parser.add_argument("--op-profile", type=int, default=0, help="tasks of a profiled evaluation (0: none)")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
     parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: fewer of everything")
     args = parser.parse_args(argv)

@@ -200,6 +200,7 @@ def test_cuda_only_fast_paths_fail_on_cpu_naming_the_knob(override):
 def test_benchmark_prints_a_table_then_one_json_line():
     args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
     args += ["--eval-tasks", "8", "--serial-eval-tasks", "2", "--min-seconds", "0.05", "--profile", "1"]
+    args += ["--op-profile", "4"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
         cwd=ROOT,
@@ -217,6 +218,8 @@ def test_benchmark_prints_a_table_then_one_json_line():
     assert plain["train_it_s"] > 0 and plain["eval_s_per_1000"] > 0 and plain["train_x_serial"] > 0
     assert sine["train_step_gflop"] > 0 and report["matmul_gflop_s"]["float32"] > 0
     assert set(sine["profile_s"]) == {"sampling", "inner loop", "outer step"}
+    assert "other" in sine["eval_ops_s"] and any(k.startswith("aten::") for k in sine["eval_ops_s"])
+    assert sum(sine["eval_ops_s"].values()) > 0
 
 
 REFAULTS = """
