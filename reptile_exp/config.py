@@ -87,6 +87,7 @@ class TrainConfig:
     compile: Compile = Compile.none
     precision: Precision = Precision.highest
     fused_inner: bool = True
+    grouped_tasks: bool = True
     threads: int = 0
     keep_host_memory: bool = True
     eval_every: int = 1000

@@ -49,13 +49,17 @@ class MLP(nn.Sequential):
 class Conv2dSame(nn.Conv2d):
     """3x3 convolution with TensorFlow's "same" padding (the extra row/column goes at the end)."""
 
-    def forward(self, x: Tensor) -> Tensor:
+    def same_padding(self, x: Tensor) -> list[int]:
+        """F.pad's [left, right, top, bottom] for x (..., H, W)."""
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
             out = math.ceil(size / s)
             total = max((out - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride)
+        return pads
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(F.pad(x, self.same_padding(x)), self.weight, self.bias, self.stride)
 
 
 class BatchStatsNorm2d(nn.BatchNorm2d):
@@ -106,6 +110,40 @@ class MiniImageNetConvNet(nn.Sequential):
         layers += [nn.Flatten(), nn.Linear(6 * 6 * channels, n_way)]
         super().__init__(*layers)
         glorot_init(self)
+
+
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.MaxPool2d)  # act on each channel of each image alone
+
+
+def task_batchable(model: nn.Module) -> bool:
+    """Whether forward_tasks knows every layer of model."""
+    layers = (Conv2dSame, BatchStatsNorm2d, nn.Flatten, nn.Linear, *ELEMENTWISE)
+    return isinstance(model, nn.Sequential) and all(isinstance(m, layers) for m in model.children())
+
+
+def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Every task's model on its own inputs, without vmap: params task-stacked (T, ...), x (T, n, ...) -> (T, n, ...).
+
+    Images travel as (n, T * C, H, W): each task's channels form one group of a grouped convolution, and
+    BatchNorm's statistics per channel over (n, H, W) are per task and channel, so the native kernel computes
+    them; linear layers are one batched matmul. The values of vmap(functional_call) up to rounding. Not for
+    differentiating twice (the native BatchNorm, see BatchStatsNorm2d): the Learner keeps vmap there.
+    """
+    tasks, n = x.shape[:2]
+    h = x.transpose(0, 1).flatten(1, 2) if x.dim() == 5 else x
+    for name, m in model.named_children():
+        weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+        if isinstance(m, Conv2dSame):
+            h = F.conv2d(F.pad(h, m.same_padding(h)), weight.flatten(0, 1), bias.flatten(), m.stride, groups=tasks)
+        elif isinstance(m, BatchStatsNorm2d):
+            h = F.batch_norm(h, None, None, weight.flatten(), bias.flatten(), training=True, momentum=0.0, eps=m.eps)
+        elif isinstance(m, nn.Flatten):
+            h = h.reshape(n, tasks, -1).transpose(0, 1)
+        elif isinstance(m, nn.Linear):
+            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        else:
+            h = m(h)
+    return h
 
 
 def num_parameters(model: nn.Module) -> int:

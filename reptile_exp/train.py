@@ -150,7 +150,9 @@ def build(cfg: DictConfig) -> Experiment:
     fast = {"compile": cfg.compile.value, "precision": cfg.precision.value}
     check_fast_paths(device, fast["compile"], fast["precision"])
     set_precision(device, fast["precision"])
-    learner = Learner(model, inner, loss, cfg.loss_reduction.value, **fast, fused=cfg.fused_inner)
+    learner = Learner(
+        model, inner, loss, cfg.loss_reduction.value, **fast, fused=cfg.fused_inner, grouped=cfg.grouped_tasks
+    )
     outer = _instantiate(cfg.outer_optimizer)(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(outer, LinearAnneal(cfg.epsilon, cfg.epsilon_final, cfg.iterations))
     generator = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -47,6 +47,7 @@ PRESETS = {  # preset name -> overrides; synthetic data of the preset's shapes
 FAST_PATHS = {  # variant part -> overrides; a variant joins parts with "+": cudagraphs+tf32
     "plain": [],
     "unfused": ["fused_inner=false"],
+    "vmap": ["grouped_tasks=false"],
     "inductor": ["compile=inductor"],
     "cudagraphs": ["compile=cudagraphs"],
     "tf32": ["precision=tf32"],

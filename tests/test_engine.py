@@ -110,6 +110,21 @@ def test_one_step_reptile_is_sgd_on_mean_loss():
         assert torch.allclose(reptile[n], p - eps * alpha * gr, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("inner", [SGD(0.02), Adam(0.01)], ids=["sgd", "adam"])
+def test_in_place_step_equals_the_functional_step_whatever_the_gradients_layout(inner):
+    """Autograd may hand back a transposed (non-contiguous) gradient (the grouped path's linear weights do); the
+    fused Adam kernel walks memory in the parameters' order, so step_ must not pair the wrong elements."""
+    torch.manual_seed(0)
+    params = {"w": torch.randn(3, 4, 5, dtype=torch.float64)}
+    grads = {"w": torch.randn(3, 5, 4, dtype=torch.float64).transpose(1, 2)}
+    state = inner.tile(inner.init({"w": params["w"][0]}), 3, owned=True)
+    expected, expected_state = inner.step(params, grads, state)
+    state = inner.step_(params, grads, state)
+    torch.testing.assert_close(params["w"], expected["w"], rtol=0, atol=1e-15)
+    for moment in ("exp_avg", "exp_avg_sq") if state else ():
+        torch.testing.assert_close(state[moment]["w"], expected_state[moment]["w"], rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("meta_batch", [1, 3])
 def test_in_place_inner_loop_leaves_phi_and_the_carried_state_alone(meta_batch):
     """With fused (the default) adapt updates weights and Adam state in place: they must be its own copies, also

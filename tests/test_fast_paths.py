@@ -74,8 +74,10 @@ def _assert_agrees(base: list[str], fast: list[str]) -> None:
     [
         (OMNIGLOT, ["precision=bf16"]),
         (SINE, ["compile=inductor"]),  # compiling the conv net takes minutes on 2 shared cores; the CUDA test does it
+        ([*OMNIGLOT, "grouped_tasks=false"], ["grouped_tasks=true"]),
+        ([*SINE, "grouped_tasks=false"], ["grouped_tasks=true"]),
     ],
-    ids=["bf16", "inductor"],
+    ids=["bf16", "inductor", "grouped-omniglot", "grouped-sine"],
 )
 def test_fast_path_gives_the_plain_phi_on_cpu(base, fast):
     _assert_agrees([*base, "device=cpu"], fast)
@@ -113,8 +115,9 @@ def test_in_place_inner_updates_give_the_functional_phi_and_state(inner):
         ["precision=tf32"],
         ["precision=bf16"],
         ["compile=cudagraphs", "precision=tf32"],
+        ["grouped_tasks=false"],
     ],
-    ids=["inductor", "cudagraphs", "tf32", "bf16", "cudagraphs+tf32"],
+    ids=["inductor", "cudagraphs", "tf32", "bf16", "cudagraphs+tf32", "vmap"],
 )
 def test_fast_path_gives_the_plain_phi_on_cuda(fast):
     _assert_agrees([*OMNIGLOT, "device=cuda"], fast)

@@ -3,8 +3,17 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, vmap
 
-from reptile_exp.models import MLP, Conv2dSame, MiniImageNetConvNet, OmniglotConvNet, num_parameters
+from reptile_exp.models import (
+    MLP,
+    Conv2dSame,
+    MiniImageNetConvNet,
+    OmniglotConvNet,
+    forward_tasks,
+    num_parameters,
+    task_batchable,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +69,25 @@ def test_glorot_uniform_weights_and_zero_biases():
     bound = (6 / (conv.in_channels * 9 + conv.out_channels * 9)) ** 0.5
     assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.8 * bound
     assert torch.count_nonzero(conv.bias) == 0
+
+
+@pytest.mark.parametrize(
+    "model,example",
+    [(MLP(), (10, 1)), (OmniglotConvNet(), (6, 1, 28, 28)), (MiniImageNetConvNet(), (3, 3, 84, 84))],
+    ids=["mlp", "omniglot", "miniimagenet"],
+)
+def test_forward_tasks_is_vmap_of_each_tasks_model(model, example):
+    """The grouped layout (tasks' channels as groups, BatchNorm per task and channel) gives every task its own
+    model's outputs on its own inputs, with different weights per task."""
+    torch.manual_seed(0)
+    model = model.double()
+    tasks = 3
+    params = {n: p.detach() + 0.1 * torch.randn(tasks, *p.shape, dtype=p.dtype) for n, p in model.named_parameters()}
+    x = torch.randn(tasks, *example, dtype=torch.float64)
+    expected = vmap(lambda p, xt: functional_call(model, p, (xt,)))(params, x)
+    torch.testing.assert_close(forward_tasks(model, params, x), expected, rtol=0, atol=1e-10)
+    assert task_batchable(model)
+
+
+def test_a_model_with_an_unknown_layer_is_not_task_batchable():
+    assert not task_batchable(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Dropout(0.1)))

@@ -4,13 +4,16 @@ The model is used as a pure function of its parameters (`torch.func.functional_c
 losses and gradients come from `vmap(grad(...))` over the task dimension (GUIDE section 2).
 Fast paths (issue 6, measured in docs/benchmarks.md); they change results only by rounding: `fused`
 (on by default: an inner loop that nobody differentiates updates its weights and optimizer state in
-place, optim.*.step_), `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays
-it as a CUDA graph) and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so
-bfloat16 rounding).
+place, optim.*.step_), `grouped` (on by default: where nothing differentiates twice, all tasks run as
+one model over task-grouped channels, models.forward_tasks, and one grad of the summed task losses
+gives every task's gradient; vmap is kept for MAML's second order), `compile` (torch.compile of the
+per-step gradient; "cudagraphs" also replays it as a CUDA graph) and `precision` ("tf32" tensor
+cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -20,6 +23,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..config import ConfigError
 from ..data.tasks import TaskBatch
+from ..models import forward_tasks, task_batchable
 from .optim import Params, State
 
 LOSSES = ("mse", "cross_entropy")
@@ -59,6 +63,7 @@ class Learner:
         compile: str = "none",
         precision: str = "highest",
         fused: bool = True,
+        grouped: bool = True,
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
@@ -68,15 +73,19 @@ class Learner:
             raise ValueError(f"compile={compile!r}, precision={precision!r}: choose from {list(COMPILE)}, {PRECISIONS}")
         self.model, self.inner_optimizer, self.loss_name, self.reduction = model, inner_optimizer, loss, reduction
         self.autocast, self.cudagraphs, self.fused = precision == "bf16", compile == "cudagraphs", fused
+        self.grouped = grouped and task_batchable(model)
         self._grad = vmap(grad_and_value(self.loss))
+        tasks_grad = self._grouped_grad if self.grouped else self._grad
         # The inner optimizer stays eager: its integer step count would recompile (or re-record) every step.
-        self._fast_grad = None if compile == "none" else torch.compile(self._grad, mode=COMPILE[compile])
+        self._fast_grad = None if compile == "none" else torch.compile(tasks_grad, mode=COMPILE[compile])
+        self._tasks_grad = tasks_grad if self._fast_grad is None else self._fast_grad
+
+    def _precision(self, x: Tensor):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs of one task's model on a batch x (no task dimension)."""
-        if not self.autocast:
-            return functional_call(self.model, params, (x,))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with self._precision(x):
             return functional_call(self.model, params, (x,)).to(x.dtype)
 
     def criterion(self, out: Tensor, y: Tensor) -> Tensor:
@@ -86,6 +95,22 @@ class Learner:
 
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.criterion(self.forward(params, x), y)
+
+    def _task_losses(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The sum over tasks of each task's loss (its gradient with respect to task t's weights is task t's own
+        gradient) and the (T,) losses, from models.forward_tasks."""
+        with self._precision(x):
+            out = forward_tasks(self.model, weights, x).to(x.dtype)
+        if self.loss_name == "mse":
+            each = F.mse_loss(out, y, reduction="none").flatten(1)
+        else:
+            each = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        losses = each.sum(1) if self.reduction == "sum" else each.mean(1)
+        return losses.sum(), losses.detach()
+
+    def _grouped_grad(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
+        grads, (_, losses) = grad_and_value(self._task_losses, has_aux=True)(weights, x, y)
+        return grads, losses
 
     def adapt(
         self,
@@ -139,15 +164,18 @@ class Learner:
     def gradients(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
         """Every task's loss gradient at its weights on its minibatch, and the (T,) losses. With
         compile=cudagraphs the gradients live until the next call only."""
-        if self._fast_grad is None or _transformed(next(iter(weights.values()))):
+        if _transformed(next(iter(weights.values()))):
             return self._grad(weights, x, y)
         if self.cudagraphs:  # a new replay overwrites the previous one's outputs
             torch.compiler.cudagraph_mark_step_begin()
-        grads, loss = self._fast_grad(weights, x, y)
-        return grads, loss.clone()
+        grads, loss = self._tasks_grad(weights, x, y)
+        return grads, loss.clone() if self.cudagraphs else loss
 
     def predict(self, weights: Params, x: Tensor) -> Tensor:
         """Outputs of every task's adapted model on its own inputs x: (T, n, ...)."""
+        if self.grouped and not _transformed(next(iter(weights.values()))):
+            with self._precision(x):
+                return forward_tasks(self.model, weights, x).to(x.dtype)
         return vmap(self.forward)(weights, x)
 
 

@@ -102,7 +102,7 @@ class Adam:
         count = torch.full((), float(step), device=device)  # filled on the device: no host-to-device copy
         torch._fused_adam_(
             [params[n] for n in names],
-            [grads[n] for n in names],
+            [grads[n].contiguous() for n in names],  # the kernel walks every tensor in its params' memory order
             [state["exp_avg"][n] for n in names],
             [state["exp_avg_sq"][n] for n in names],
             [],
