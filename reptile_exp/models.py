@@ -58,8 +58,12 @@ class Conv2dSame(nn.Conv2d):
             pads += [total // 2, total - total // 2]
         return pads
 
+    def convolve(self, x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1) -> Tensor:
+        """F.conv2d of x with weight and bias (this layer's, or forward_tasks' task-grouped ones), "same" padded."""
+        return F.conv2d(F.pad(x, self.same_padding(x)), weight, bias, self.stride, groups=groups)
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(F.pad(x, self.same_padding(x)), self.weight, self.bias, self.stride)
+        return self.convolve(x, self.weight, self.bias)
 
 
 class BatchStatsNorm2d(nn.BatchNorm2d):
@@ -134,7 +138,7 @@ def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor) ->
     for name, m in model.named_children():
         weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
         if isinstance(m, Conv2dSame):
-            h = F.conv2d(F.pad(h, m.same_padding(h)), weight.flatten(0, 1), bias.flatten(), m.stride, groups=tasks)
+            h = m.convolve(h, weight.flatten(0, 1), bias.flatten(), groups=tasks)
         elif isinstance(m, BatchStatsNorm2d):
             h = F.batch_norm(h, None, None, weight.flatten(), bias.flatten(), training=True, momentum=0.0, eps=m.eps)
         elif isinstance(m, nn.Flatten):
