@@ -88,10 +88,18 @@ class Learner:
         with self._precision(x):
             return functional_call(self.model, params, (x,)).to(x.dtype)
 
-    def criterion(self, out: Tensor, y: Tensor) -> Tensor:
+    def _per_example(self, out: Tensor, y: Tensor) -> Tensor:
+        """Unreduced losses, shaped like y (cross entropy: out has one more, last, dimension of classes)."""
         if self.loss_name == "mse":
-            return F.mse_loss(out, y, reduction=self.reduction)
-        return F.cross_entropy(out, y, reduction=self.reduction)
+            return F.mse_loss(out, y, reduction="none")
+        return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+
+    def _reduce(self, losses: Tensor, dim: int) -> Tensor:
+        return losses.sum(dim) if self.reduction == "sum" else losses.mean(dim)
+
+    def criterion(self, out: Tensor, y: Tensor) -> Tensor:
+        """One task's loss on its batch."""
+        return self._reduce(self._per_example(out, y).flatten(), 0)
 
     def loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         return self.criterion(self.forward(params, x), y)
@@ -101,11 +109,7 @@ class Learner:
         gradient) and the (T,) losses, from models.forward_tasks."""
         with self._precision(x):
             out = forward_tasks(self.model, weights, x).to(x.dtype)
-        if self.loss_name == "mse":
-            each = F.mse_loss(out, y, reduction="none").flatten(1)
-        else:
-            each = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-        losses = each.sum(1) if self.reduction == "sum" else each.mean(1)
+        losses = self._reduce(self._per_example(out, y).flatten(1), 1)
         return losses.sum(), losses.detach()
 
     def _grouped_grad(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
