@@ -55,6 +55,11 @@ def setup(device: str, meta_batch: int) -> int:
         return 0
     global _cpu_group
     if not dist.is_initialized():
+        # Imported after the group exists (torch.optim imports it), torch._dynamo keeps references to it, so
+        # destroy_process_group would leave its gloo threads running into interpreter shutdown: an occasional
+        # SIGABRT ("terminate called without an active exception") as a rank exits. Imported first, it keeps none.
+        import torch._dynamo  # noqa: F401
+
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,7 +56,14 @@ def _rank(rank: int, port: int) -> None:
     assert distributed.from_rank0(f"outputs/run-{rank}") == "outputs/run-0"
     with pytest.raises(ConfigError, match="meta_batch=1 is invalid"):
         distributed.setup("cpu", meta_batch=1)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # as train.build does after setup (imports torch._dynamo)
     dist.destroy_process_group()
+    # the group is gone with its threads, so none is left running into interpreter shutdown (a SIGABRT at exit)
+    assert not [t for t in _native_threads() if t.startswith(("gloo", "pt_gloo"))], _native_threads()
+
+
+def _native_threads() -> list[str]:
+    return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
 
 
 def test_shard_task_mean_and_agree_across_two_gloo_ranks():
