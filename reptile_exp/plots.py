@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from .meta.learner import Learner
 
-from .meta.learner import Learner  # noqa: E402
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported when a figure is drawn: importing it costs about a
+    second, which every run (a config error included) would otherwise pay at start-up."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def learning_curve(records: list[dict], path: Path) -> Path | None:
@@ -19,6 +26,7 @@ def learning_curve(records: list[dict], path: Path) -> Path | None:
     evals = sorted({k for r in records for k in r if k.startswith("eval/") and not k.endswith("ci95")})
     if not train:
         return None
+    plt = pyplot()
     fig, axes = plt.subplots(1, 1 + bool(evals), figsize=(5 + 5 * bool(evals), 3.6), squeeze=False)
     it, loss = zip(*train)
     axes[0, 0].plot(it, loss)
@@ -58,6 +66,7 @@ def sine_fit(
 
     learner.adapt({n: p.detach() for n, p in phi.items()}, tasks, state, max(steps), observe=observe)
     order = tasks.x_query[0, :, 0].argsort()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(tasks.x_query[0, order, 0].cpu(), tasks.y_query[0, order, 0].cpu(), "k-", lw=2, label="true sine")
     ax.plot(tasks.x[0, :, 0].cpu(), tasks.y[0, :, 0].cpu(), "ko", label=f"{tasks.x.shape[1]} support points")

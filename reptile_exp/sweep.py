@@ -135,11 +135,9 @@ def plot(rows: list[dict], swept: list[str], path: Path) -> Path | None:
     done = [r for r in rows if r["status"] == "finished"]
     if not done or not 1 <= len(swept) <= 2:
         return None
-    import matplotlib
+    from .plots import pyplot  # imports torch: only when there is a figure to draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x_key, line_key = swept[0], (swept[1] if len(swept) == 2 else None)
     distinct = lambda key: len({r.get(key) for r in done})  # noqa: E731
     if line_key and (x_key == "seed" or (line_key != "seed" and distinct(line_key) > distinct(x_key))):
