@@ -115,14 +115,23 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """The best of `repeats` timings of an n x n matrix product: the hardware's ceiling for dense work."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int, budget_s: float = 0.5) -> float:
+    """The best of `repeats` timings of an n x n matrix product: the hardware's ceiling for dense work.
+
+    n halves until one product fits in budget_s (a 256 x 256 probe tells), so a dtype the hardware lacks
+    (bfloat16 on a CPU without AVX-512 BF16 runs at about 1 GFLOP/s) costs seconds, not minutes."""
     calls = 20 if device.type == "cuda" else 1
-    product = lambda: [a @ b for _ in range(calls)]  # noqa: E731
-    product()
-    best = min(seconds(product, device) for _ in range(repeats))
-    return 2 * n**3 * calls / best / 1e9
+
+    def best(size: int, rounds: int) -> float:
+        a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+        product = lambda: [a @ b for _ in range(calls)]  # noqa: E731
+        product()
+        return min(seconds(product, device) for _ in range(rounds))
+
+    probe = best(256, 1)
+    while n > 256 and probe * (n / 256) ** 3 > budget_s:
+        n //= 2
+    return 2 * n**3 * calls / best(n, repeats) / 1e9
 
 
 def config(preset: str, device: str, overrides: list[str]):

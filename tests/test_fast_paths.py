@@ -200,6 +200,14 @@ def test_cuda_only_fast_paths_fail_on_cpu_naming_the_knob(override):
         _experiment(*SINE, "device=cpu", override)
 
 
+@pytest.mark.parametrize("precision", ["highest", "bf16"])
+def test_bf16_warns_only_on_a_cpu_without_bfloat16_instructions(precision, caplog):
+    """Emulated bfloat16 is many times slower than float32 (docs/benchmarks.md); the run says so but goes on."""
+    _experiment(*SINE, "device=cpu", f"precision={precision}")
+    emulated = precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert ("precision=bf16 on this CPU" in caplog.text) == emulated
+
+
 def test_benchmark_prints_a_table_then_one_json_line():
     args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
     args += ["--eval-tasks", "8", "--serial-eval-tasks", "2", "--min-seconds", "0.05", "--profile", "1"]

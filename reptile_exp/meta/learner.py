@@ -14,6 +14,7 @@ cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 
 import torch
@@ -29,13 +30,22 @@ from .optim import Params, State
 LOSSES = ("mse", "cross_entropy")
 COMPILE = {"none": None, "inductor": "default", "cudagraphs": "reduce-overhead"}  # knob -> torch.compile mode
 PRECISIONS = ("highest", "tf32", "bf16")
+log = logging.getLogger(__name__)
 
 
 def check_fast_paths(device: torch.device, compile: str = "none", precision: str = "highest") -> None:
-    """One-line ConfigError for a fast path that needs a CUDA GPU on another device."""
+    """One-line ConfigError for a fast path that needs a CUDA GPU on another device; a warning for bf16 on a CPU
+    without bfloat16 instructions, where oneDNN emulates it (an Omniglot convolution ran 14x slower than float32 on
+    an AVX2-only CPU, docs/benchmarks.md)."""
     if device.type != "cuda" and (compile == "cudagraphs" or precision == "tf32"):
         knob = f"compile={compile}" if compile == "cudagraphs" else f"precision={precision}"
         raise ConfigError(f"{knob} is invalid on device={device.type}: it needs a CUDA GPU; leave it at its default")
+    if device.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning(
+            "precision=bf16 on this CPU (%s, no bfloat16 instructions) is many times slower than float32; "
+            "leave precision=highest",
+            torch.backends.cpu.get_cpu_capability(),
+        )
 
 
 def set_precision(device: torch.device, precision: str = "highest") -> None:
