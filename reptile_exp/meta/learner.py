@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 def check_fast_paths(device: torch.device, compile: str = "none", precision: str = "highest") -> None:
     """One-line ConfigError for a fast path that needs a CUDA GPU on another device; a warning for bf16 on a CPU
-    without bfloat16 instructions, where oneDNN emulates it (an Omniglot convolution ran 14x slower than float32 on
-    an AVX2-only CPU, docs/benchmarks.md)."""
+    without bfloat16 instructions, where oneDNN emulates it (Omniglot training and evaluation 8x to 9x slower than
+    float32 on an AVX2-only CPU, docs/benchmarks.md)."""
     if device.type != "cuda" and (compile == "cudagraphs" or precision == "tf32"):
         knob = f"compile={compile}" if compile == "cudagraphs" else f"precision={precision}"
         raise ConfigError(f"{knob} is invalid on device={device.type}: it needs a CUDA GPU; leave it at its default")
