@@ -5,8 +5,9 @@ losses and gradients come from `vmap(grad(...))` over the task dimension (GUIDE 
 Fast paths (issue 6, measured in docs/benchmarks.md); they change results only by rounding: `fused`
 (on by default: an inner loop that nobody differentiates updates its weights and optimizer state in
 place, optim.*.step_), `grouped` (on by default: where nothing differentiates twice, all tasks run as
-one model over task-grouped channels, models.forward_tasks, and one grad of the summed task losses
-gives every task's gradient; vmap is kept for MAML's second order), `compile` (torch.compile of the
+one model over task-grouped channels, models.forward_tasks, and one gradient of the summed task losses
+gives every task's gradient, taken with plain autograd unless compiled; vmap is kept for MAML's second
+order), `compile` (torch.compile of the
 per-step gradient; "cudagraphs" also replays it as a CUDA graph) and `precision` ("tf32" tensor
 cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
 """
@@ -85,10 +86,12 @@ class Learner:
         self.autocast, self.cudagraphs, self.fused = precision == "bf16", compile == "cudagraphs", fused
         self.grouped = grouped and task_batchable(model)
         self._grad = vmap(grad_and_value(self.loss))
-        tasks_grad = self._grouped_grad if self.grouped else self._grad
         # The inner optimizer stays eager: its integer step count would recompile (or re-record) every step.
-        self._fast_grad = None if compile == "none" else torch.compile(tasks_grad, mode=COMPILE[compile])
-        self._tasks_grad = tasks_grad if self._fast_grad is None else self._fast_grad
+        # torch.compile traces torch.func's grad (not autograd.grad): the compiled grouped step uses _grouped_grad.
+        traced = self._grouped_grad if self.grouped else self._grad
+        self._fast_grad = None if compile == "none" else torch.compile(traced, mode=COMPILE[compile])
+        eager = self._grouped_autograd if self.grouped else self._grad
+        self._tasks_grad = eager if self._fast_grad is None else self._fast_grad
 
     def _precision(self, x: Tensor):
         return torch.autocast(x.device.type, dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
@@ -125,6 +128,18 @@ class Learner:
     def _grouped_grad(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
         grads, (_, losses) = grad_and_value(self._task_losses, has_aux=True)(weights, x, y)
         return grads, losses
+
+    def _grouped_autograd(self, weights: Params, x: Tensor, y: Tensor) -> tuple[Params, Tensor]:
+        """_grouped_grad's gradients from plain autograd on detached leaves, without torch.func's wrapping of every
+        call, which dominated the sine model's tiny steps (docs/benchmarks.md). Weights that are themselves
+        differentiated (requires_grad) keep torch.func, whose gradients stay differentiable."""
+        if any(w.requires_grad for w in weights.values()):
+            return self._grouped_grad(weights, x, y)
+        leaves = {n: w.detach().requires_grad_() for n, w in weights.items()}
+        with torch.enable_grad():  # evaluation runs under no_grad
+            total, losses = self._task_losses(leaves, x, y)
+            grads = torch.autograd.grad(total, list(leaves.values()))
+        return dict(zip(leaves, grads)), losses
 
     def adapt(
         self,
