@@ -7,9 +7,8 @@ Fast paths (issue 6, measured in docs/benchmarks.md); they change results only b
 place, optim.*.step_), `grouped` (on by default: where nothing differentiates twice, all tasks run as
 one model over task-grouped channels, models.forward_tasks, and one gradient of the summed task losses
 gives every task's gradient, taken with plain autograd unless compiled; vmap is kept for MAML's second
-order), `compile` (torch.compile of the
-per-step gradient; "cudagraphs" also replays it as a CUDA graph) and `precision` ("tf32" tensor
-cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
+order), `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays it as a CUDA graph)
+and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
 """
 
 from __future__ import annotations
