@@ -90,6 +90,7 @@ class TrainConfig:
     grouped_tasks: bool = True
     threads: int = 0
     keep_host_memory: bool = True
+    deterministic: bool = False
     eval_every: int = 1000
     eval_every_tasks: int = 100
     objective_split: str = "test"
