@@ -81,6 +81,7 @@ class TrainConfig:
     eval_batch: int = 10
     eval_tasks: int = 1000
     eval_splits: list[str] = field(default_factory=lambda: ["test"])
+    protocols: list[Any] = field(default_factory=list)
     eval_chunk: int = 0
     eval_memory_mb: float = 2048.0
     transductive: bool = False
