@@ -34,9 +34,11 @@ from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from reptile_exp.experiment import build
 from reptile_exp.meta.learner import Learner, set_precision
 from reptile_exp.meta.reference import SerialReptile
-from reptile_exp.train import build, eval_chunk, evaluate_split, outer_step
+from reptile_exp.report import eval_chunk, evaluate_split
+from reptile_exp.train import outer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {  # preset name -> overrides; synthetic data of the preset's shapes

@@ -16,7 +16,8 @@ from conftest import ROOT, clean_env, final_phi, run_train, train_cmd
 from hydra import compose, initialize_config_dir
 
 from reptile_exp import checkpoint as ckpt
-from reptile_exp.train import _load_for, fingerprint
+from reptile_exp.experiment import fingerprint
+from reptile_exp.rundir import load_for as _load_for
 
 FAST = ["logger.mode=disabled", "progress=false", "device=cpu", "eval_every=0", "eval_tasks=4", "k_eval=2"]
 

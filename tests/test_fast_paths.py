@@ -14,7 +14,9 @@ from hydra import compose, initialize_config_dir
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reptile_exp.config import ConfigError
-from reptile_exp.train import build, eval_chunk, evaluate_split, outer_step
+from reptile_exp.experiment import build
+from reptile_exp.report import eval_chunk, evaluate_split
+from reptile_exp.train import outer_step
 
 SPEC = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
 benchmark = importlib.util.module_from_spec(SPEC)
