@@ -12,6 +12,7 @@ import logging
 import math
 import netrc
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,30 @@ from .atomic import atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def wandb_mode(mode: str) -> str:
-    """Resolve logger.mode "auto": online with credentials, else offline (WANDB_MODE wins if set)."""
+def choose_mode(mode: str, env_mode: str | None, credentials: bool) -> str:
+    """The W&B mode rule: an explicit mode is kept; "auto" takes WANDB_MODE (env_mode) when it names a mode,
+    else online with credentials and offline without."""
     if mode != "auto":
         return mode
-    if os.environ.get("WANDB_MODE") in ("online", "offline", "disabled"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
+    if env_mode in ("online", "offline", "disabled"):
+        return env_mode
+    return "online" if credentials else "offline"
+
+
+def has_credentials(environ: Mapping[str, str]) -> bool:
+    """WANDB_API_KEY is set, or the netrc file (NETRC, else ~/.netrc) has an entry for the W&B host."""
+    if environ.get("WANDB_API_KEY"):
+        return True
+    host = environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
     try:
-        rc = netrc.netrc(os.environ.get("NETRC"))
-        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-        return "online" if rc.authenticators(host) else "offline"
+        return netrc.netrc(environ.get("NETRC")).authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return "offline"
+        return False
+
+
+def wandb_mode(mode: str) -> str:
+    """Resolve logger.mode "auto" in this process's environment (choose_mode)."""
+    return choose_mode(mode, os.environ.get("WANDB_MODE"), has_credentials(os.environ))
 
 
 def _finite(record: dict) -> dict:
