@@ -50,11 +50,13 @@ def chunk_size(
     requested: int = 0,
 ) -> int:
     """Tasks adapted together: `requested`, or as many as the activations of `examples` inputs per
-    task fit in memory_mb (estimated from one forward pass; parameters and Adam state included)."""
+    task fit in memory_mb (estimated from one forward pass in phi's dtype, at its element size; parameters and
+    Adam state included)."""
     if requested:
         return min(requested, tasks_per_eval)
+    weight = next(iter(phi.values()))
     with torch.no_grad():
-        probe = torch.zeros(1, *example_shape, device=next(iter(phi.values())).device)
+        probe = torch.zeros(1, *example_shape, device=weight.device, dtype=weight.dtype)
         sizes = []
 
         def record(module, inputs, output):
@@ -66,9 +68,10 @@ def chunk_size(
         finally:
             for h in handles:
                 h.remove()
-    floats_per_example = sum(sizes) + math.prod(example_shape)
+    numbers_per_example = sum(sizes) + math.prod(example_shape)
     params = sum(p.numel() for p in phi.values())
-    per_task_bytes = 4 * (3 * floats_per_example * examples + 6 * params)  # activations, grads, W, m, v
+    # activations, their gradients, and W, its gradient, Adam's m and v
+    per_task_bytes = weight.element_size() * (3 * numbers_per_example * examples + 6 * params)
     return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task_bytes)))
 
 

@@ -1,0 +1,36 @@
+"""Numbers and draws that must not depend on the dtype or the device (issue 11, defects 2 and 6)."""
+
+import json
+import math
+
+import torch
+from conftest import final_phi, run_train
+
+from reptile_exp.evaluate import chunk_size
+from reptile_exp.meta.learner import Learner
+from reptile_exp.meta.optim import Adam
+from reptile_exp.models import OmniglotConvNet
+
+
+def test_float64_runs_end_to_end_on_sine_omniglot_and_maml(tmp_path):
+    """dtype=float64 trains, evaluates periodically and at the end, and checkpoints in float64 (defect 2: the
+    evaluation's memory probe ran in float32 and crashed at the first evaluation)."""
+    presets = ["sine_reptile", "omniglot_5w1s", "sine_maml"]
+    run_train(
+        tmp_path, f"experiment={','.join(presets)}", "debug=smoke", "dtype=float64", "iterations=3", multirun=True
+    )
+    sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
+    for job, preset in enumerate(presets):
+        summary = json.loads((sweep / str(job) / "summary.json").read_text())
+        assert summary["iterations"] == 3 and math.isfinite(summary["objective"]), preset
+        assert {p.dtype for p in final_phi(sweep / str(job)).values()} == {torch.float64}, preset
+
+
+def test_the_evaluation_chunk_counts_the_dtypes_element_size():
+    """float64 numbers take 8 bytes: half as many tasks fit in the same memory budget as in float32."""
+    chunks = {}
+    for dtype in (torch.float32, torch.float64):
+        learner = Learner(OmniglotConvNet().to(dtype), Adam(1e-3), "cross_entropy")
+        phi = dict(learner.model.named_parameters())
+        chunks[dtype] = chunk_size(learner, phi, 10_000, (1, 28, 28), examples=10, memory_mb=256)
+    assert chunks[torch.float32] > 10 and chunks[torch.float64] == chunks[torch.float32] // 2
