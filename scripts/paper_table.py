@@ -1,0 +1,371 @@
+"""Render the paper's Table 1 (Omniglot) and Table 2 (Mini-ImageNet) beside our runs, in Markdown and CSV.
+
+    python scripts/paper_table.py <run, evaluation or sweep dirs ...> [--out DIR]
+
+Reads training runs (summary.json; every protocol of a multi-protocol run, e.g. experiment=paper_omniglot_5w),
+evaluate-only runs (evaluation.json; their training schedule comes from the evaluated checkpoint's run dir)
+and sweep or parent dirs holding such runs. Each table row: ours on the test split (mean +- 95% CI over all
+test tasks; with several runs, e.g. seeds, pooled over their tasks, plus the mean and spread over runs), the
+paper's number (reptile_exp/paper.py), the difference, whether the paper's mean lies in our 95% interval,
+the training schedule used, the wall time and device. Rows without a run say "not run".
+Writes <out>/paper_tables.md and <out>/paper_tables.csv (out: the first dir given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from reptile_exp import paper
+from reptile_exp.atomic import atomic_write_text
+from reptile_exp.sweep import job_dirs
+
+RESULT_FILES = ("summary.json", "evaluation.json")
+NOT_RUN = {paper.TABLE2: "not run: no copy of the Mini-ImageNet data on the development machines"}
+TRAINING_KNOBS = ("train_shots", "inner_batch", "k", "inner_lr", "meta_batch")  # besides iterations
+
+
+@dataclass
+class Entry:
+    """One protocol's test result from one run dir, with how that run was trained."""
+
+    run: Path
+    dataset: str
+    algorithm: str
+    n_way: int
+    k_shot: int
+    transductive: bool
+    eval_batch: int
+    k_eval: int
+    seed: int
+    accuracy: float  # fraction
+    ci95: float
+    tasks: int
+    iterations: int  # outer iterations the evaluated phi was trained for
+    training: dict  # the training run's config (or this run's when the checkpoint's run is not found)
+    train_seconds: float | None
+    train_seconds_note: str
+    eval_seconds: float | None
+    device: str
+    synthetic: bool  # trained or evaluated on random images (synthetic_data=true, debug=smoke)
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """`path` itself when it holds results, else the run dirs below it (a sweep or parent dir)."""
+    if any((path / f).exists() for f in RESULT_FILES):
+        return [path]
+    return [d for d in job_dirs(path) if any((d / f).exists() for f in RESULT_FILES)]
+
+
+def _option(target: str) -> str:
+    """reptile_exp.data.omniglot.Omniglot -> omniglot; reptile_exp.meta.algorithms.FOMAML -> fomaml."""
+    return target.split(".")[-2 if ".data." in target else -1].lower()
+
+
+def _checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
+    """The run dir of the evaluated checkpoint (<run>/checkpoints/ckpt-*.pt): absolute, or relative to the
+    directory the evaluation was launched from (a parent of `run`)."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(p / path for p in run.resolve().parents)]
+    for c in candidates:
+        if c.exists():
+            c = c.parent if c.is_file() else c
+            return c.parent if c.name == "checkpoints" else c
+    return None
+
+
+def _training_time(run: Path) -> tuple[float | None, str]:
+    """A training run's wall time: its summary.json minus the final evaluation, else summed from metrics.jsonl."""
+    summary = run / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        evals = [p.get("seconds") or 0.0 for p in s.get("protocols", {}).values()]
+        return s["seconds"] - sum(evals), "" if evals else " (with its final evaluation)"
+    metrics, total, previous = run / "metrics.jsonl", 0.0, 0
+    if not metrics.exists():
+        return None, ""
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        if "train/iters_per_s" in r:
+            total += (r["iteration"] - previous) / r["train/iters_per_s"]
+            previous = r["iteration"]
+    return (total, " (from metrics.jsonl's speeds)") if previous else (None, "")
+
+
+def entries(run: Path) -> list[Entry]:
+    """Every protocol's test result of a run dir (legacy runs: one, from config.yaml's knobs)."""
+    result_file = next(run / f for f in RESULT_FILES if (run / f).exists())
+    result = json.loads(result_file.read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    training, train_seconds, note = cfg, None, ""
+    if result_file.name == "evaluation.json":
+        source = _checkpoint_run(run, result.get("checkpoint"))
+        if source is not None and (source / "config.yaml").exists():
+            training = yaml.safe_load((source / "config.yaml").read_text())
+            train_seconds, note = _training_time(source)
+        else:
+            note = " (the checkpoint's run dir was not found)"
+    else:
+        train_seconds, note = _training_time(run)
+    if training["algorithm"]["_target_"].endswith("MAML") and training["algorithm"].get("first_order"):
+        algorithm = "fomaml"
+    else:
+        algorithm = _option(training["algorithm"]["_target_"])
+    protocols = result.get("protocols") or {
+        "default": {
+            **result["results"],
+            "k_shot": cfg["dataset"]["k_shot"],
+            "transductive": cfg["transductive"],
+            "eval_batch": cfg["eval_batch"],
+            "k_eval": cfg["k_eval"],
+        }
+    }
+    found = []
+    for protocol in protocols.values():
+        test = protocol.get("test")
+        if test is None or "accuracy" not in test:
+            continue
+        found.append(
+            Entry(
+                run=run,
+                dataset=_option(cfg["dataset"]["_target_"]),
+                algorithm=algorithm,
+                n_way=cfg["dataset"]["n_way"],
+                k_shot=protocol["k_shot"],
+                transductive=protocol["transductive"],
+                eval_batch=protocol["eval_batch"],
+                k_eval=protocol["k_eval"],
+                seed=cfg["seed"],
+                accuracy=test["accuracy"],
+                ci95=test["accuracy_ci95"],
+                tasks=cfg["eval_tasks"],
+                iterations=result["iterations"],
+                training=training,
+                train_seconds=train_seconds,
+                train_seconds_note=note,
+                eval_seconds=protocol.get(
+                    "seconds", result["seconds"] if result_file.name == "evaluation.json" else None
+                ),
+                synthetic=bool(cfg.get("synthetic_data") or training.get("synthetic_data")),
+                device=f"{result['device']} (threads={cfg.get('threads', 0) or 'default'})",
+            )
+        )
+    return found
+
+
+def pooled(found: list[Entry]) -> tuple[float, float, int]:
+    """Mean and 95% CI half-width over the test tasks of all runs together (from each run's mean, CI, count)."""
+    n = sum(e.tasks for e in found)
+    mean = sum(e.tasks * e.accuracy for e in found) / n
+    if n < 2:
+        return mean, math.nan, n
+    squares = sum((e.tasks - 1) * (e.ci95 * math.sqrt(e.tasks) / 1.96) ** 2 for e in found)
+    squares += sum(e.tasks * (e.accuracy - mean) ** 2 for e in found)
+    return mean, 1.96 * math.sqrt(squares / (n - 1) / n), n
+
+
+def differences(found: list[Entry], column: paper.Column) -> list[str]:
+    """The settings where these runs differ from the paper's for the column (iterations apart)."""
+    out = []
+    for knob in TRAINING_KNOBS:
+        theirs = getattr(column, knob)
+        ours = sorted({e.training["dataset"][knob] if knob == "train_shots" else e.training[knob] for e in found})
+        if ours != [theirs]:
+            out.append(f"{knob} {'/'.join(str(v) for v in ours)} (paper {theirs})")
+    for knob in ("eval_batch", "k_eval"):
+        ours = sorted({getattr(e, knob) for e in found})
+        if ours != [getattr(column, knob)]:
+            out.append(f"{knob} {'/'.join(str(v) for v in ours)} (paper {getattr(column, knob)})")
+    if any(e.synthetic for e in found):
+        out.append("synthetic data (random images)")
+    return out
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    return (
+        f"{seconds / 3600:.2f} h"
+        if seconds >= 3600
+        else f"{seconds / 60:.1f} min"
+        if seconds >= 60
+        else f"{seconds:.0f} s"
+    )
+
+
+def row(table: str, column: paper.Column, method: paper.Row, found: list[Entry]) -> dict:
+    """One table row: ours against the paper's number, or "not run"."""
+    mean_paper, pm_paper = paper.reported(table, method, column)
+    out = {
+        "table": table,
+        "setting": column.label,
+        "method": method.label,
+        "paper": f"{mean_paper:.2f} +- {pm_paper:.2f}",
+        "paper_mean": mean_paper,
+        "paper_pm": pm_paper,
+        "paper_iterations": column.iterations,
+    }
+    if not found:
+        return {**out, "status": NOT_RUN.get(table, "not run: no run given")}
+    mean, ci, tasks = pooled(found)
+    mean, ci = 100 * mean, 100 * ci
+    runs = [100 * e.accuracy for e in found]
+    iterations = sorted({e.iterations for e in found})
+    shortened = max(iterations) < column.iterations
+    schedule = (
+        "/".join(f"{i:,}" for i in iterations)
+        + " iterations "
+        + (
+            f"(shortened: the paper's is {column.iterations:,})"
+            if shortened
+            else "(the paper's schedule)"
+            if iterations == [column.iterations]
+            else f"(the paper's is {column.iterations:,})"
+        )
+    )
+    first = found[0]
+    out.update(
+        status="run",
+        ours=f"{mean:.2f} +- {ci:.2f}",
+        ours_mean=round(mean, 4),
+        ours_ci95=round(ci, 4),
+        tasks=tasks,
+        runs=len(found),
+        seeds=" ".join(str(s) for s in sorted({e.seed for e in found})),
+        over_runs=(
+            f"{statistics.mean(runs):.2f} (sd {statistics.stdev(runs):.2f}, {len(runs)} runs)" if len(runs) > 1 else ""
+        ),
+        difference=round(mean - mean_paper, 4),
+        paper_inside="yes" if abs(mean - mean_paper) <= ci else "no",
+        iterations=" ".join(str(i) for i in iterations),
+        schedule=schedule,
+        differs="; ".join(differences(found, column)) or "none",
+        wall_time=(
+            f"train {_duration(first.train_seconds)}{first.train_seconds_note}, eval {_duration(first.eval_seconds)}"
+            + (" (first run)" if len(found) > 1 else "")
+        ),
+        device=first.device,
+        source=" ".join(str(e.run) for e in found),
+    )
+    return out
+
+
+def build(found: list[Entry]) -> list[dict]:
+    """Every row of Tables 1 and 2, in the paper's order (methods down, settings across, flattened)."""
+    rows = []
+    for table in paper.TITLES:
+        for column in paper.columns(table):
+            for method in paper.ROWS:
+                cell = [
+                    e
+                    for e in found
+                    if (e.dataset, e.n_way, e.k_shot) == (column.dataset, column.n_way, column.k_shot)
+                    and (e.algorithm, e.transductive) == (method.algorithm, method.transductive)
+                ]
+                rows.append(row(table, column, method, cell))
+    return rows
+
+
+MD_COLUMNS = [
+    ("setting", "Setting"),
+    ("method", "Method"),
+    ("ours", "Ours (95% CI, test tasks)"),
+    ("over_runs", "Mean over runs"),
+    ("paper", "Paper"),
+    ("difference", "Ours - paper"),
+    ("paper_inside", "Paper's mean in our CI"),
+    ("schedule", "Training"),
+    ("differs", "Other settings differing from the paper"),
+    ("wall_time", "Wall time"),
+    ("device", "Device"),
+    ("tasks", "Test tasks"),
+    ("seeds", "Seeds"),
+]
+CSV_COLUMNS = [
+    "table",
+    "setting",
+    "method",
+    "status",
+    "ours_mean",
+    "ours_ci95",
+    "tasks",
+    "runs",
+    "seeds",
+    "over_runs",
+    "paper_mean",
+    "paper_pm",
+    "difference",
+    "paper_inside",
+    "iterations",
+    "paper_iterations",
+    "schedule",
+    "differs",
+    "wall_time",
+    "device",
+    "source",
+]
+
+
+def _cell(r: dict, key: str) -> str:
+    if r["status"] != "run" and key == "ours":
+        return r["status"]
+    value = r.get(key, "")
+    return f"{value:+.2f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# The paper's tables beside ours", "", "Accuracy (%) on the test split; paper: v3, reptile_exp/paper.py."]
+    for table, title in paper.TITLES.items():
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| " + " | ".join(h for _, h in MD_COLUMNS) + " |",
+            "|" + "---|" * len(MD_COLUMNS),
+        ]
+        lines += ["| " + " | ".join(_cell(r, k) for k, _ in MD_COLUMNS) + " |" for r in rows if r["table"] == table]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, evaluate-only dirs, sweep or parent dirs")
+    parser.add_argument("--out", type=Path, help="where to write paper_tables.{md,csv} (default: the first dir)")
+    args = parser.parse_args(argv)
+    found = []
+    for path in args.dirs:
+        runs = run_dirs(path)
+        if not runs:
+            print(
+                f"error: {path} holds no results (no summary.json or evaluation.json); pass run or sweep dirs",
+                file=sys.stderr,
+            )
+            return 1
+        found += [e for run in runs for e in entries(run)]
+    rows = build(found)
+    out = args.out or args.dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "paper_tables.csv", buffer.getvalue())
+    atomic_write_text(out / "paper_tables.md", markdown(rows))
+    print(out / "paper_tables.md")
+    print(out / "paper_tables.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
