@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -218,13 +219,14 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
+    value = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
     raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
 def _check_range(key: str, value: Any, allowed: Range) -> None:
     values = list(value) if isinstance(value, (list, ListConfig)) else [value]
     if not all(v in allowed for v in values):
-        _fail(key, OmegaConf.to_object(value) if isinstance(value, ListConfig) else value, f"must be {allowed}")
+        _fail(key, value, f"must be {allowed}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -240,22 +242,22 @@ def validate(cfg: DictConfig) -> None:
         if (e.full_key or "").startswith("model."):
             _check_model_fits_dataset(cfg)  # a model made for another dataset reads keys this one lacks
         raise ConfigError(f"{e.full_key or 'config'} cannot be resolved: {_first_line(e)}") from None
-    _check_known_keys(cfg)
     for key, allowed in RANGES.items():
         _check_range(key, cfg[key], allowed)
     for group, ranges in GROUP_RANGES.items():
         for key, allowed in ranges.items():
             if key in cfg[group]:
                 _check_range(f"{group}.{key}", cfg[group][key], allowed)
+    _check_known_keys(cfg)
     dataset = cfg.dataset
     for key in INTERVALS:
         value = dataset.get(key)
         if value is not None and (not isinstance(value, ListConfig) or len(value) != 2 or value[0] > value[1]):
-            _fail(
-                f"dataset.{key}",
-                OmegaConf.to_object(value) if isinstance(value, ListConfig) else value,
-                "must be a pair [low, high] with low <= high",
-            )
+            _fail(f"dataset.{key}", value, "must be a pair [low, high] with low <= high")
+    for group in ("inner_optimizer", "outer_optimizer"):
+        betas = cfg[group].get("betas")
+        if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
+            _fail(f"{group}.betas", betas, "must be a pair")
     if cfg.epsilon_final > cfg.epsilon:
         _fail("epsilon_final", cfg.epsilon_final, f"must be between 0 and epsilon={cfg.epsilon}")
     if dataset.get("x_sampling") == "grid":
@@ -267,8 +269,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.mode not in WANDB_MODES:
         _fail("logger.mode", cfg.logger.mode, f"choose one of {list(WANDB_MODES)}")
     splits = list(cfg.eval_splits)
-    if not splits or any(split not in SPLITS for split in splits):
-        _fail("eval_splits", splits, f"must be a non-empty list of {list(SPLITS)}")
+    if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) < len(splits):
+        _fail("eval_splits", splits, f"must list one or more of {list(SPLITS)}, each once")
     if cfg.objective_split not in SPLITS:
         _fail("objective_split", cfg.objective_split, f"choose from {list(SPLITS)}")
     if cfg.objective_split not in splits:
@@ -301,14 +303,10 @@ def _check_known_keys(cfg: DictConfig) -> None:
         _known(cfg[group], f"{group}.", [f.name for f in fields(OmegaConf.get_type(cfg[group]))])
     for group in ("dataset", "model", "algorithm", "inner_optimizer", "outer_optimizer"):
         node = cfg[group]
-        try:
-            params = inspect.signature(get_object(node._target_)).parameters
-        except (ImportError, ValueError, TypeError):
-            continue  # instantiate reports a target it cannot find
-        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        params = _parameters(node)
+        if params is None:
             continue
-        named = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        _known(node, f"{group}.", [*named, *(k for k in HYDRA_KEYS if k in node)])
+        _known(node, f"{group}.", [*params, *(k for k in HYDRA_KEYS if k in node)])
         for name in node:
             annotation = params[name].annotation if name in params else ""
             annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
@@ -316,6 +314,17 @@ def _check_known_keys(cfg: DictConfig) -> None:
             value = node[name]
             if test is not None and not test(value) and not (value is None and annotation.endswith(" | None")):
                 _fail(f"{group}.{name}", value, f"must be {kind}")
+
+
+def _parameters(node: DictConfig) -> dict[str, inspect.Parameter] | None:
+    """The keyword parameters of a config node's _target_; None when it has none, is not found or takes **kwargs."""
+    try:
+        params = inspect.signature(get_object(node._target_)).parameters
+    except (ImportError, ValueError, TypeError, OmegaConfBaseException):
+        return None  # instantiate reports a target it cannot find
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p for n, p in params.items() if p.kind is not p.VAR_POSITIONAL}
 
 
 def _known(node: DictConfig, prefix: str, valid: list[str]) -> None:
@@ -392,10 +401,19 @@ def composition_error(e: Exception) -> str | None:
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         key = cause.full_key
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.parent_node is not None:
-            return unknown_key(key, str(cause.key), [str(k) for k in cause.parent_node.keys() if k != "hydra"])
+            node = cause.parent_node
+            params = _parameters(node) if "_target_" in node else None
+            if params and cause.key in params:
+                return f"{key} is not set by this config group option: write +{key}=... to pass it to {node._target_}"
+            valid = {str(k) for k in node.keys() if k != "hydra"} | set(params or ())
+            return unknown_key(key, str(cause.key), sorted(valid))
         allowed = RANGES.get(key) or GROUP_RANGES.get(key.partition(".")[0], {}).get(key.partition(".")[2])
         reason = _first_line(cause).rstrip(".")
         return f"{key}={cause.value!r} is invalid: {reason}" + (f"; must be {allowed}" if allowed else "")
+    added = re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", str(e))
+    if added:  # +experiment=X where the defaults list already has the group
+        group, option = added.groups()
+        return f"+{group}={option} is invalid: {group} is already a config group here; write {group}={option}"
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         return f"cannot compose the config: {' '.join(str(e).split())}"
     return None
