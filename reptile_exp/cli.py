@@ -1,0 +1,103 @@
+"""The command line: `python -m reptile_exp.train` and `reptile-train`.
+
+Hydra composes the config and calls `run`; an error the user can fix (ours, a config Hydra cannot
+compose, a full disk, device memory exhausted) is printed as one line and exits with status 1. In a
+sweep a failed job writes error.txt and reports the penalty instead, so the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from .atomic import atomic_write_text
+from .config import ReptileExpError, composition_error
+from .report import penalty
+from .signals import Interrupted, redeliver
+
+log = logging.getLogger("reptile_exp")
+
+
+def user_error(e: Exception) -> str | None:
+    """The one-line message of an error the user can fix: ours, a full disk, device memory exhausted."""
+    if isinstance(e, ReptileExpError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return (
+            f"no space left writing {e.filename or 'a file'} ({e.strerror}); the checkpoints already written are "
+            "kept: free disk space (or move paths.log_dir) and re-run the same command to resume"
+        )
+    if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ImportError, TypeError)):
+        reason = " ".join(str(e).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").split())
+        return f"{reason}; check the _target_ and keys of that config group"
+    if isinstance(e, torch.OutOfMemoryError):
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+        return f"out of device memory ({first}); lower meta_batch, or eval_chunk / eval_memory_mb if it was evaluating"
+    return None
+
+
+# An absolute config path: "../conf" would be read as the package `conf` when run as the console script.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    from .train import run  # train.py re-exports main: imported at the top, each would wait for the other
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    try:
+        objective = run(cfg, out_dir)
+    except Interrupted as e:
+        log.warning("%s", e)
+        redeliver(e.signum)
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        log.error("error: %s", message)
+        if multirun:  # the sweep goes on; the sweep summary shows error.txt
+            atomic_write_text(out_dir / "error.txt", message + "\n")
+            return penalty(cfg)
+        sys.exit(1)
+    if multirun and not math.isfinite(objective):  # a NaN would stop an Optuna search
+        log.warning("objective %s is not finite; the sweeper gets %s", objective, penalty(cfg))
+        return penalty(cfg)
+    return objective
+
+
+def _raised_in_task(e: BaseException) -> bool:
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _hydra_main.__wrapped__.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def main() -> None:
+    """The command line (also `reptile-train`): Hydra's entry point, with the errors Hydra and OmegaConf
+    raise while composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1.
+    HYDRA_FULL_ERROR=1 shows them with their traceback instead."""
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises composition errors instead of printing a report
+    try:
+        _hydra_main()
+    except Exception as e:
+        message = None if _raised_in_task(e) else composition_error(e)  # a bug in run() keeps its traceback
+        if message is None or asked == "1":
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if asked is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked

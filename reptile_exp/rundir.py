@@ -1,0 +1,93 @@
+"""The run dir: its W&B identity, the checkpoint a run starts from, and whether it already finished.
+
+Resuming is the run dir's job: a requeued or re-run command finds its newest checkpoint and W&B run
+id there (docs/sweeps.md); a finished run is not silently redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from . import checkpoint as ckpt
+from .atomic import atomic_write_text
+from .config import ConfigError
+from .experiment import fingerprint
+
+log = logging.getLogger("reptile_exp")
+
+
+def run_identity(cfg: DictConfig, out_dir: Path) -> tuple[str, str | None, str | None]:
+    """W&B run name, group and job type, from the chosen groups (and a sweep's overrides)."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    choices = hydra_cfg.runtime.choices if hydra_cfg else {}
+    name = cfg.name or f"{choices.get('dataset', 'run')}-{choices.get('algorithm', '')}".rstrip("-")
+    if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
+        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra", "logger"))]
+        return f"{name} {','.join(overrides)}".strip(), Path(hydra_cfg.sweep.dir).name, name
+    return name, None, name
+
+
+def run_id(out_dir: Path, state: dict | None) -> str:
+    """The W&B run id: the checkpoint's, else the one this output dir already used, else new."""
+    path = out_dir / "wandb_run_id"
+    if state is not None:
+        return state["wandb_run_id"]
+    if path.exists():
+        return path.read_text().strip()
+    new = uuid.uuid4().hex[:12]
+    atomic_write_text(path, new + "\n")
+    return new
+
+
+def load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, evaluate_only: bool):
+    """The checkpoint to start from (resume=, checkpoint=, or this run's newest), checked against cfg."""
+    source = cfg.checkpoint if evaluate_only else cfg.resume
+    if evaluate_only and source == "init":
+        log.info("evaluating the untrained initialisation (seed=%d)", cfg.seed)
+        return None, None
+    if source is not None:
+        path = ckpt.resolve(source)
+        loaded = (ckpt.load(path), path)
+    else:
+        loaded = checkpointer.latest()
+    if loaded is None:
+        if evaluate_only:
+            raise ConfigError(
+                f"checkpoint=None is invalid: evaluate_only=true needs checkpoint=<file or run dir> "
+                f"(no checkpoint in {checkpointer.directory})"
+            )
+        return None, None
+    state, path = loaded
+    mine, theirs = fingerprint(cfg), state.get("fingerprint", {})
+    if evaluate_only:
+        mine, theirs = {"model": mine["model"]}, {"model": theirs.get("model")}
+    diff = ckpt.first_difference(mine, theirs)
+    if diff:
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} was made with another config ({diff}); use the same settings or start a new run dir"
+        )
+    return state, path
+
+
+def finished_objective(cfg: DictConfig, out_dir: Path, state: dict | None) -> float | None:
+    """The objective of this run dir's finished run when there is nothing left to do, else None.
+
+    A run dir with a summary.json and unfinished training is refused unless overwrite=true.
+    """
+    summary_path = out_dir / "summary.json"
+    if cfg.evaluate_only or cfg.overwrite or not summary_path.exists():
+        return None
+    if state is not None and state["finished"] and state["iteration"] == cfg.iterations:
+        log.info("this run already finished; its results are in %s (overwrite=true to redo them)", summary_path)
+        return json.loads(summary_path.read_text())["objective"]
+    found = f"its newest checkpoint is at iteration {state['iteration']}" if state else "it has no checkpoint"
+    raise ConfigError(
+        f"overwrite=false is invalid here: {out_dir} holds a finished run's results (summary.json) and {found}, "
+        f"iterations={cfg.iterations}; set overwrite=true to continue and replace them, or use a new hydra.run.dir"
+    )
