@@ -2,9 +2,11 @@
 
 import io
 import random
+import socket
+import threading
 import time
-import urllib.error
 import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -188,29 +190,102 @@ def test_one_missing_zip_is_named(root):
     one_line(err)
 
 
-def test_failed_download_says_where_to_put_the_files(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
+class ZipServer(ThreadingHTTPServer):
+    """http.server on 127.0.0.1 (a free port, in a thread): routes[path] = (status, content type, body, declared
+    length); `requests` lists the paths asked for. A declared length above len(body) cuts the transfer short."""
 
-    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", offline)
+    def __init__(self):
+        self.routes: dict[str, tuple[int, str, bytes, int]] = {}
+        self.requests: list[str] = []
+        super().__init__(("127.0.0.1", 0), ZipHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ZipHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        status, kind, body, length = self.server.routes.get(self.path, (404, "text/plain", b"404: Not Found", 14))
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local server the real download code fetches from (REPTILE_EXP_OMNIGLOT_URL points at it)."""
+    httpd = ZipServer()
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv(omniglot.URL_VARIABLE, httpd.url + "/omniglot/")
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def serve(server: ZipServer, name: str, body: bytes, kind: str = "application/zip", length: int | None = None):
+    server.routes[f"/omniglot/{name}"] = (200, kind, body, len(body) if length is None else length)
+
+
+def test_download_fetches_the_missing_zips_once(tmp_path, pngs, server):
+    source = write_omniglot(tmp_path / "source", pngs)
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        serve(server, name, (source / name).read_bytes())
+    root = tmp_path / "root"
+    ds = SmallOmniglot(str(root), download=True)
+    assert server.requests == ["/omniglot/images_background.zip", "/omniglot/images_evaluation.zip"]
+    assert (root / "images_background.zip").read_bytes() == (source / "images_background.zip").read_bytes()
+    assert torch.equal(ds.splits["test"].images, SmallOmniglot(str(source), cache=False).splits["test"].images)
+    SmallOmniglot(str(root), download=True)
+    assert len(server.requests) == 2  # found on disk: not fetched again
+    assert sorted(p.name for p in root.iterdir()) == [".reptile_exp_cache", *(f"{s}.zip" for s in omniglot.SETS)]
+
+
+@pytest.mark.parametrize(
+    "damage,phrase",
+    [
+        ("html", "sent an HTML page (an error or login page?), not a zip; check the URL (REPTILE_EXP_OMNIGLOT_URL)"),
+        ("cut", "images_background.zip was cut off after 3000 of"),
+        ("truncated", "images_background.zip sent 3000 bytes (truncated?), not a zip"),
+        ("missing", "images_background.zip answered HTTP 404 Not Found"),
+    ],
+)
+def test_a_failed_download_is_one_line_and_leaves_no_file(tmp_path, pngs, server, damage, phrase):
+    """An HTML page, a connection cut off before Content-Length, a truncated zip sent whole, a 404."""
+    zipped = (write_omniglot(tmp_path / "source", pngs) / "images_background.zip").read_bytes()
+    if damage == "html":
+        serve(server, "images_background.zip", b"<!DOCTYPE html><html><body>Sign in</body></html>", "text/html")
+    elif damage == "cut":
+        serve(server, "images_background.zip", zipped[:3000], length=len(zipped))
+    elif damage == "truncated":
+        serve(server, "images_background.zip", zipped[:3000])
+    root = tmp_path / "root"
+    with pytest.raises(DatasetNotFoundError) as err:
+        SmallOmniglot(str(root), download=True)
+    message = one_line(err)
+    assert phrase in message and server.url in message
+    assert "download failed" in message and "put images_background.zip and images_evaluation.zip" in message
+    assert list(root.iterdir()) == []  # nothing half-downloaded that a re-run would take for the data
+
+
+def test_unreachable_server_says_where_to_put_the_files(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv(omniglot.URL_VARIABLE, f"http://127.0.0.1:{port}/")
     with pytest.raises(DatasetNotFoundError, match="download failed") as err:
         SmallOmniglot(str(tmp_path), download=True)
-    assert "images_background.zip" in one_line(err)
-
-
-def test_download_fetches_missing_zips(tmp_path, pngs, monkeypatch):
-    source = write_omniglot(tmp_path / "server", pngs)
-    fetched = []
-
-    def fake_download(url, download_root, filename):
-        fetched.append(url)
-        Path(download_root).mkdir(parents=True, exist_ok=True)
-        (Path(download_root) / filename).write_bytes((source / filename).read_bytes())
-
-    monkeypatch.setattr("torchvision.datasets.utils.download_and_extract_archive", fake_download)
-    ds = SmallOmniglot(str(tmp_path / "root"), download=True)
-    assert ds.splits["test"].num_classes == 10
-    assert fetched == [omniglot.URL + "images_background.zip", omniglot.URL + "images_evaluation.zip"]
+    message = one_line(err)
+    assert f"cannot reach http://127.0.0.1:{port}/images_background.zip" in message
+    assert "images_background.zip" in message and str(tmp_path) in message
 
 
 def test_truncated_zip_names_the_file(root):

@@ -5,12 +5,19 @@ characters train (each rotated by 0/90/180/270 degrees into 4 classes), the othe
 1-bit PNGs resized to 28x28 (nearest neighbour), values 0/1 with background 1. The files are read from the
 official zips, their extracted folders or torchvision's `omniglot-py/` layout, and checked by content, not by
 md5 (GUIDE section 4: re-packed zips are fine). Decoded characters are cached next to the data.
+
+dataset.download=true fetches the missing zips from URL, or from the base URL in the environment variable
+REPTILE_EXP_OMNIGLOT_URL (a mirror; <base>/images_background.zip must exist); a download is kept only when it
+arrived whole and is a zip.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
+import urllib.error
+import urllib.request
 import zipfile
 import zlib
 from contextlib import ExitStack
@@ -35,6 +42,7 @@ from reptile_exp.data.fewshot import (
 
 SETS = ("images_background", "images_evaluation")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+URL_VARIABLE = "REPTILE_EXP_OMNIGLOT_URL"
 SIZE = 28
 
 
@@ -98,17 +106,47 @@ def find_sources(root: Path, download: bool) -> list[Path]:
 
     missing = [f"{name}.zip" for name in SETS if find(name) is None]
     if missing and download:
-        from torchvision.datasets.utils import download_and_extract_archive
-
+        base = os.environ.get(URL_VARIABLE) or URL
         for name in missing:
             try:
-                download_and_extract_archive(URL + name, str(root), filename=name)
-            except Exception as e:  # no network, HTTP error, partial file: all mean "put the files here"
-                raise missing_error(root, missing, f"{type(e).__name__}: {e}") from e
+                fetch(f"{base.rstrip('/')}/{name}", root / name)
+            except DownloadError as e:
+                raise missing_error(root, missing, str(e)) from None
         missing = [f"{name}.zip" for name in SETS if find(name) is None]
     if missing:
         raise missing_error(root, missing)
     return [find(name) for name in SETS]
+
+
+class DownloadError(Exception):
+    """Why a download failed, in a few words (missing_error puts it in its one line)."""
+
+
+def fetch(url: str, path: Path) -> None:
+    """Download url to path through path.part, renamed only once the whole file arrived and is a zip."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    request = urllib.request.Request(url, headers={"User-Agent": "reptile_exp"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as f:
+            kind, size = response.headers.get_content_type(), response.headers.get("Content-Length")
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                f.write(chunk)
+        got = part.stat().st_size
+        if size is not None and got < int(size):
+            raise DownloadError(f"{url} was cut off after {got} of {size} bytes; try again")
+        if not zipfile.is_zipfile(part):
+            what = "an HTML page (an error or login page?)" if kind == "text/html" else f"{got} bytes (truncated?)"
+            raise DownloadError(f"{url} sent {what}, not a zip; check the URL ({URL_VARIABLE})")
+        part.replace(path)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise DownloadError(f"cannot reach {url} ({e.reason})") from None
+    except OSError as e:  # a timeout or a connection reset mid-transfer
+        raise DownloadError(f"{url}: {e}") from None
+    finally:
+        part.unlink(missing_ok=True)
 
 
 class Source:
