@@ -1,8 +1,9 @@
 """The report: evaluation of phi on the test tasks (REFERENCE.md section 5), figures and the summary.
 
-`evaluate_split` scores phi on a split's tasks (fine-tune k_eval steps, then the query metric, with a
-95% confidence interval); `final_evaluation` does so for every split of eval_splits and draws the
-figures; `summary` is what a finished run reports: summary.json and the `final/...` metrics.
+`evaluate_split` scores phi on a split's tasks under one protocol (fine-tune k_eval steps, then the
+query metric, with a 95% confidence interval); `final_evaluation` does so for every protocol
+(protocols.py: test-time K, transduction, eval batch, k_eval) and every split of eval_splits, and
+draws the figures; `summary` is what a finished run reports: summary.json and the `final/...` metrics.
 """
 
 from __future__ import annotations
@@ -10,30 +11,35 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from . import plots
+from . import plots, protocols
 from .evaluate import chunk_size, evaluate
 from .experiment import Experiment
+from .protocols import Protocol
 from .signals import Interrupted, StopSignals
 from .tracking import Tracker
 
 log = logging.getLogger("reptile_exp")
 
 
-def eval_chunk(exp: Experiment, num_tasks: int) -> int:
-    """Test tasks adapted together when evaluating num_tasks: eval_chunk, or what fits in eval_memory_mb."""
+def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None) -> int:
+    """Test tasks adapted together when evaluating num_tasks (with minibatches of eval_batch, default the knob):
+    eval_chunk, or what fits in eval_memory_mb."""
     cfg, dataset = exp.cfg, exp.dataset
     # the most inputs a task puts through the model at once: its support and queries (the inner minibatches, the
     # support plus one query, or the queries alone); sine: the minibatch or the query grid
     examples = (
         dataset.n_way * (dataset.k_shot + 1)
         if dataset.kind == "classification"
-        else max(cfg.eval_batch, getattr(dataset, "n_points", 0))
+        else max(eval_batch or cfg.eval_batch, getattr(dataset, "n_points", 0))
     )
     return chunk_size(
         exp.learner, exp.phi, num_tasks, dataset.input_shape, examples, cfg.eval_memory_mb, cfg.eval_chunk
@@ -41,18 +47,31 @@ def eval_chunk(exp: Experiment, num_tasks: int) -> int:
 
 
 def evaluate_split(
-    exp: Experiment, split: str, num_tasks: int, seed: int, curve: bool = False, stop: StopSignals | None = None
+    exp: Experiment,
+    split: str,
+    num_tasks: int,
+    seed: int,
+    curve: bool = False,
+    stop: StopSignals | None = None,
+    protocol: Protocol | None = None,
 ) -> dict:
     """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks on every device.
 
-    With `stop` (the final evaluation): a progress bar, and a stop signal ends it between chunks (Interrupted).
+    `protocol` gives transduction, eval batch and k_eval (default: the top-level knobs; its k_shot is the
+    dataset's, see `shots`). With `stop` (the final evaluation): a progress bar, and a stop signal ends it
+    between chunks (Interrupted).
     """
     cfg, dataset = exp.cfg, exp.dataset
+    k_eval, batch, transductive = (
+        (cfg.k_eval, cfg.eval_batch, cfg.transductive)
+        if protocol is None
+        else (protocol.k_eval, protocol.eval_batch, protocol.transductive)
+    )
     with tqdm(
         total=num_tasks,
         disable=stop is None or not cfg.progress,
         dynamic_ncols=True,
-        desc=f"evaluate {split}",
+        desc=f"evaluate {split}" + ("" if protocol is None else f" ({protocol.name})"),
         unit="task",
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     ) as bar:
@@ -69,11 +88,11 @@ def evaluate_split(
             dataset,
             split,
             num_tasks,
-            cfg.k_eval,
-            cfg.eval_batch,
+            k_eval,
+            batch,
             torch.Generator().manual_seed(seed),
-            eval_chunk(exp, num_tasks),
-            transductive=cfg.transductive,
+            eval_chunk(exp, num_tasks, batch),
+            transductive=transductive,
             curve=curve,
             on_chunk=on_chunk,
         )
@@ -88,13 +107,35 @@ def fmt(result: dict, metric: str) -> str:
     return f"{scale * result[metric]:.4g} +- {scale * result[metric + '_ci95']:.2g}"
 
 
+@contextmanager
+def shots(dataset, k_shot: int) -> Iterator[None]:
+    """The dataset's test tasks hold k_shot support examples per class while inside (a protocol's K)."""
+    saved, dataset.k_shot = dataset.k_shot, k_shot
+    try:
+        yield
+    finally:
+        dataset.k_shot = saved
+
+
 def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: StopSignals) -> dict:
-    """Evaluate every split of eval_splits (REFERENCE.md section 5) and draw the figures."""
+    """Evaluate every protocol on every split of eval_splits (REFERENCE.md section 5; the paper's Tables 1 and 2
+    score one training under several) and draw the figures.
+
+    Returns {protocol name: {split: results, "k_shot", "transductive", "eval_batch", "k_eval", "seconds"}}. Split
+    i is evaluated with seed + 2 + i under every protocol: the same test tasks as a single-protocol run.
+    """
     cfg, metric = exp.cfg, metric_name(exp.dataset)
     results = {}
-    for i, split in enumerate(cfg.eval_splits):
-        results[split] = evaluate_split(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, curve=True, stop=stop)
-        log.info("%s %s: %s", split, metric, fmt(results[split], metric))
+    for protocol in protocols.parse(cfg, exp.dataset):
+        started, splits = time.time(), {}
+        with shots(exp.dataset, protocol.k_shot):
+            for i, split in enumerate(cfg.eval_splits):
+                splits[split] = evaluate_split(
+                    exp, split, cfg.eval_tasks, cfg.seed + 2 + i, curve=True, stop=stop, protocol=protocol
+                )
+                log.info("%s %s %s: %s", protocol.name, split, metric, fmt(splits[split], metric))
+        settings = {k: v for k, v in asdict(protocol).items() if k != "name"}
+        results[protocol.name] = {**splits, **settings, "seconds": time.time() - started}
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     images = {"learning_curve": plots.learning_curve(tracker.metrics.read(), plot_dir / "learning_curve.png")}
@@ -113,22 +154,32 @@ def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: Sto
 
 
 def summary(exp: Experiment, tracker: Tracker, results: dict, start: float, checkpoint: Path | None) -> dict:
-    """What a finished run reports (summary.json): the objective, every split's results, iterations, time,
-    device, the evaluated checkpoint; logs each split's scalar results as `final/<split>_<key>`."""
+    """What a finished run reports (summary.json): the objective (the first protocol's), the first protocol's
+    results per split (`results`), every protocol's (`protocols`), iterations, time, device, the evaluated
+    checkpoint. Logs each scalar result as `final/<protocol>/<split>_<key>`, or `final/<split>_<key>` when
+    the run has no protocol list."""
     cfg, metric = exp.cfg, metric_name(exp.dataset)
+    first = next(iter(results.values()))
     tracker.log(
         {
             "iteration": exp.iteration,
-            **{f"final/{s}_{k}": v for s, r in results.items() for k, v in r.items() if not isinstance(v, list)},
+            **{
+                f"final/{f'{name}/' if cfg.protocols else ''}{split}_{k}": v
+                for name, protocol in results.items()
+                for split in cfg.eval_splits
+                for k, v in protocol[split].items()
+                if not isinstance(v, list)
+            },
         }
     )
     return {
-        "objective": results[cfg.objective_split][metric],
+        "objective": first[cfg.objective_split][metric],
         "objective_name": f"{cfg.objective_split}/{metric}",
         "iterations": exp.iteration,
         "seconds": time.time() - start,
         "device": str(exp.device),
-        "results": results,
+        "results": {split: first[split] for split in cfg.eval_splits},
+        "protocols": results,
         "checkpoint": None if checkpoint is None else str(checkpoint),
     }
 
