@@ -44,6 +44,8 @@ CASES = [
     ("enum", ["device=gpu"], "expected one of [auto, cpu, cuda]"),
     ("unknown_key", ["kk=3"], "kk is not a config key: did you mean 'k'?"),
     ("unknown_group_key", ["dataset.n_pionts=3"], "did you mean 'n_points'?"),
+    ("added_unknown_key", ["+epsilon_fianl=0.1"], "epsilon_fianl is not a config key: did you mean 'epsilon_final'?"),
+    ("model_mismatch", ["dataset=omniglot", "model=mlp"], "model=mlp does not fit dataset=omniglot"),
     ("unknown_option", ["dataset=nope"], "choose one of ['miniimagenet', 'omniglot', 'sine']"),
     ("override_syntax", ["k=[1,"], "cannot compose the config"),
     ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'"),
