@@ -88,7 +88,7 @@ def load(path: Path) -> dict:
     """Load a checkpoint with weights_only=True: a pickle that would run code is refused."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass checkpoint=<ckpt-*.pt file or run dir>")
+        raise CheckpointError(f"{path} does not exist; pass a ckpt-*.pt file or a run dir")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -23,6 +24,7 @@ from torch import Tensor
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
+LEAVE_TIMEOUT = timedelta(days=1)  # the other ranks wait this long for rank 0's final evaluation
 _cpu_group = None  # gloo group for agree(): NCCL reduces only CUDA tensors, and a flag needs no GPU sync
 
 
@@ -40,14 +42,14 @@ def _export_submitit_env() -> None:
     import submitit
 
     if submitit.JobEnvironment().num_tasks > 1:
-        # CUDA_VISIBLE_DEVICES stays: torch may have seen the GPUs already; setup() picks cuda:LOCAL_RANK
+        # CUDA_VISIBLE_DEVICES stays: torch may have seen the GPUs already; setup() picks the rank's GPU
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def setup(device: str, meta_batch: int) -> int:
     """Join the process group when this process is one of several ranks; return its rank.
 
-    device is cfg.device (auto | cpu | cuda): CUDA ranks use NCCL on cuda:LOCAL_RANK, CPU ranks gloo.
+    device is cfg.device (auto | cpu | cuda): CUDA ranks use NCCL on the GPU `cuda_device` picks, CPU ranks gloo.
     A second call in the same process (several jobs of a multirun) reuses the group.
     """
     _export_submitit_env()
@@ -62,7 +64,7 @@ def setup(device: str, meta_batch: int) -> int:
 
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(cuda_device(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
         _cpu_group = dist.new_group(backend="gloo") if cuda else None
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
@@ -73,6 +75,25 @@ def setup(device: str, meta_batch: int) -> int:
         logging.getLogger("reptile_exp").setLevel(logging.WARNING)  # rank 0 reports
     log.info("rank %d of %d (%s)", rank, size, dist.get_backend())
     return rank
+
+
+def cuda_device(local_rank: int, visible: int) -> int:
+    """The GPU (an index among the `visible` ones this rank sees) of the rank with this LOCAL_RANK.
+
+    Every rank of a node seeing all its GPUs: GPU LOCAL_RANK. A rank bound to its own GPU(s) (`--gpus-per-task`,
+    `--gpu-bind`, a CUDA_VISIBLE_DEVICES narrowed per task) sees them as 0, 1, ...: LOCAL_RANK modulo their number
+    (0 when it sees one).
+    """
+    if visible < 1:
+        raise ConfigError(f"device=cuda is invalid on rank LOCAL_RANK={local_rank}: it sees no GPU; use device=cpu")
+    return local_rank % visible
+
+
+def leave() -> None:
+    """Wait until every rank is here: the ranks leave together, after rank 0's final evaluation and summary,
+    so no rank shuts the process group down while another still uses it."""
+    if world()[1] > 1:
+        dist.monitored_barrier(group=_cpu_group, timeout=LEAVE_TIMEOUT, wait_all_ranks=True)
 
 
 def from_rank0(value):

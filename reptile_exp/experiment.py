@@ -8,6 +8,9 @@ share with the run that loads it.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +24,7 @@ from .host_memory import keep_host_memory
 from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
 
+log = logging.getLogger("reptile_exp")
 register_schema()  # the typed schema of the config build() reads, first in conf/train.yaml's defaults
 
 
@@ -45,9 +49,8 @@ class Experiment:
         return dict(self.learner.model.named_parameters())
 
     def state_dict(self, run_id: str, finished: bool) -> dict:
-        rng = {"torch": torch.get_rng_state(), "tasks": self.task_generator.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """What a checkpoint stores. The only random state the run draws from after build() is the task
+        generator's (a CPU generator on every device), so that is the only one kept; no CUDA state."""
         return {
             "version": 1,
             "iteration": self.iteration,
@@ -55,23 +58,50 @@ class Experiment:
             "outer_optimizer": self.outer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "inner_state": self.inner_state,
-            "rng": rng,
+            "rng": {"tasks": self.task_generator.get_state()},
+            "device": self.device.type,
             "wandb_run_id": run_id,
             "finished": finished,
             "fingerprint": fingerprint(self.cfg),
         }
 
     def load_state_dict(self, state: dict, training: bool = True) -> None:
+        """Restore a checkpoint; `training` restores the outer loop's state and the task generator too.
+
+        Entries of older checkpoints that the run never used (the global and the CUDA RNG states) are ignored.
+        """
         self.learner.model.load_state_dict(state["phi"])
         self.inner_state = _to_device(state["inner_state"], self.device)
         self.iteration = state["iteration"]
         if training:
             self.outer.load_state_dict(state["outer_optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if "cuda" in state["rng"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            self.task_generator.set_state(state["rng"]["tasks"])
+            trained_on = state.get("device", self.device.type)  # older checkpoints do not say
+            if trained_on != self.device.type:
+                log.info(
+                    "resuming on %s a run trained on %s: the same tasks follow (the task generator is a CPU "
+                    "generator everywhere), the arithmetic differs in the last bits",
+                    self.device.type,
+                    trained_on,
+                )
+            self._restore_tasks(state["rng"]["tasks"])
+
+    def _restore_tasks(self, tasks: torch.Tensor) -> None:
+        """Continue the task generator; an older GPU run's generator (a 16-byte CUDA Philox state, not a CPU
+        one) cannot continue on the CPU: a CPU generator re-derived from the seed and the iteration takes over."""
+        if tasks.numel() == self.task_generator.get_state().numel():
+            self.task_generator.set_state(tasks)
+            return
+        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.seed}:{self.iteration}".encode()).digest()[:8], "little")
+        self.task_generator.manual_seed(seed)
+        log.warning(
+            "the checkpoint's task generator state (%d bytes) is not a CPU generator's (an older GPU run's CUDA "
+            "generator); continuing from iteration %d with a CPU task generator re-derived from seed=%d and the "
+            "iteration: the tasks from here on differ from an uninterrupted run's",
+            tasks.numel(),
+            self.iteration,
+            self.cfg.seed,
+        )
 
 
 def _to_device(tree, device):
@@ -82,6 +112,7 @@ def _to_device(tree, device):
     return tree
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # the value cuBLAS's reproducibility notes ask for
 TRAINING_KEYS = ("k", "inner_batch", "meta_batch", "epsilon", "epsilon_final", "iterations", "replacement", "seed")
 
 
@@ -117,6 +148,7 @@ def build(cfg: DictConfig) -> Experiment:
 
     The task generator lives on the CPU whatever the device: one seed draws the same tasks everywhere.
     """
+    set_deterministic(cfg.deterministic)
     device, dtype = resolve_device(cfg.device.value), getattr(torch, cfg.dtype.value)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -140,6 +172,19 @@ def build(cfg: DictConfig) -> Experiment:
     return Experiment(
         cfg, device, dtype, dataset, learner, instantiate(cfg.algorithm), outer, scheduler, generator, state
     )
+
+
+def set_deterministic(on: bool) -> None:
+    """deterministic=true: deterministic kernels only (torch.use_deterministic_algorithms, cuDNN without
+    autotuning, cuBLAS with a fixed workspace, set before CUDA creates its first handle); false restores the
+    defaults, and drops the cuBLAS variable when it holds the value set here."""
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+    if on and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
+    elif not on and os.environ.get("CUBLAS_WORKSPACE_CONFIG") == CUBLAS_WORKSPACE:
+        del os.environ["CUBLAS_WORKSPACE_CONFIG"]
 
 
 def build_dataset(cfg: DictConfig):

@@ -47,13 +47,17 @@ def run_id(out_dir: Path, state: dict | None) -> str:
 
 def load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, evaluate_only: bool):
     """The checkpoint to start from (resume=, checkpoint=, or this run's newest), checked against cfg."""
-    source = cfg.checkpoint if evaluate_only else cfg.resume
+    knob = "checkpoint" if evaluate_only else "resume"
+    source = cfg[knob]
     if evaluate_only and source == "init":
         log.info("evaluating the untrained initialisation (seed=%d)", cfg.seed)
         return None, None
     if source is not None:
-        path = ckpt.resolve(source)
-        loaded = (ckpt.load(path), path)
+        try:
+            path = ckpt.resolve(source)
+            loaded = (ckpt.load(path), path)
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(f"{knob}={source} is invalid: {e}") from None
     else:
         loaded = checkpointer.latest()
     if loaded is None:

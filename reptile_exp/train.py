@@ -137,6 +137,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         if not cfg.evaluate_only:
             with StopSignals() as stop:
                 meta_train(exp, distributed.Muted(), distributed.Muted(), None, stop)
+        distributed.leave()  # once rank 0 has evaluated and written its summary
         return report.penalty(cfg)  # never read: launchers take rank 0's objective
     if not cfg.evaluate_only:
         MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
@@ -156,6 +157,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         if not cfg.evaluate_only and checkpointer.paths():
             tracker.log_model(checkpointer.paths()[0], aliases=["latest", "final"])
     log.info("results in %s", out_dir)
+    distributed.leave()
     return float(summary["objective"])
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import ROOT, clean_env, final_phi, run_train
+from conftest import ROOT, clean_env, final_phi, run_train, train_cmd
 
 from reptile_exp import distributed
 from reptile_exp.config import ConfigError
@@ -119,3 +119,46 @@ def test_submitit_launcher_with_one_task_per_rank_gives_the_phi_of_one_process(t
     assert "rank 0 of 2 (gloo)" in (sweep / "0" / "train.log").read_text()
     assert_same_phi(one_process, final_phi(sweep / "0"))
     assert json.loads((sweep / "0" / "summary.json").read_text())["iterations"] == 10
+
+
+@pytest.mark.parametrize(
+    ("local_rank", "visible", "device"),
+    [
+        (0, 4, 0),  # every rank sees all 4 GPUs of the node: GPU LOCAL_RANK
+        (3, 4, 3),
+        (1, 1, 0),  # --gpus-per-task=1 / --gpu-bind / a narrowed CUDA_VISIBLE_DEVICES: its one GPU is cuda:0
+        (3, 1, 0),
+        (3, 2, 1),  # --gpus-per-task=2: rank 3 sees its own two, as 0 and 1
+    ],
+)
+def test_each_rank_uses_a_gpu_it_sees(local_rank, visible, device):
+    assert distributed.cuda_device(local_rank, visible) == device
+
+
+def test_a_rank_that_sees_no_gpu_is_told_in_one_line():
+    with pytest.raises(ConfigError, match="device=cuda is invalid on rank LOCAL_RANK=1: it sees no GPU"):
+        distributed.cuda_device(1, 0)
+
+
+def test_the_other_ranks_leave_only_after_rank_0s_summary(tmp_path):
+    """Two real gloo ranks with torchrun's env:// variables, started here so that each one's exit is seen: rank 1
+    may not shut its process group down (NCCL: a hang or an abort) while rank 0 still evaluates."""
+    port, run_dir = _free_port(), tmp_path / "run0"
+    cmd = train_cmd(f"hydra.run.dir={tmp_path}/run${{oc.env:RANK}}", *COMMON, "logger.mode=disabled", "eval_tasks=64")
+    ranks = [
+        subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=clean_env(
+                tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=r, LOCAL_RANK=r, WORLD_SIZE="2"
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"rank{r}.err").open("w"),
+        )
+        for r in ("0", "1")
+    ]
+    ranks[1].wait(timeout=600)
+    summary_when_rank1_left = (run_dir / "summary.json").exists()
+    errors = "".join((tmp_path / f"rank{r}.err").read_text() for r in "01")
+    assert ranks[0].wait(timeout=600) == 0 and ranks[1].returncode == 0, errors
+    assert summary_when_rank1_left
