@@ -1,0 +1,112 @@
+"""The inner minibatch schedule (REFERENCE.md section 2): without replacement the inner loop passes over a task's
+examples in fresh shuffles; with replacement every minibatch is drawn afresh; a minibatch larger than a task fails in
+one line. Checked on data.tasks.minibatch_schedule, on the real samplers and through the real training step."""
+
+import pytest
+import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from test_fewshot_sampler import identity_splits
+
+from reptile_exp.config import ConfigError
+from reptile_exp.data.fewshot import FewShotClassification
+from reptile_exp.data.sine import Sine
+from reptile_exp.data.tasks import minibatch_schedule
+from reptile_exp.experiment import build
+from reptile_exp.train import outer_step
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def passes(batches: torch.Tensor, n: int) -> torch.Tensor:
+    """The schedule's examples in order, cut into passes of n: (T, passes, n)."""
+    order = batches.flatten(1)
+    return order.view(order.shape[0], -1, n)
+
+
+def permutations(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Whether each row (last dimension) holds each of 0..n-1 exactly once."""
+    return (rows.sort(-1).values == torch.arange(n)).all(-1)
+
+
+def test_without_replacement_every_pass_is_a_fresh_shuffle_and_a_batch_may_straddle_two():
+    """10 examples in minibatches of 3: the schedule cut at every 10th example (not at minibatch boundaries, so the
+    4th minibatch ends pass 1 and starts pass 2) is a permutation each time, shuffled afresh."""
+    n, tasks = 10, 50
+    batches = minibatch_schedule(tasks, n, 20, 3, gen())
+    assert batches.shape == (tasks, 20, 3)
+    cut = passes(batches, n)
+    assert cut.shape == (tasks, 6, n) and permutations(cut, n).all(), "each pass visits every example once"
+    for t in range(tasks):
+        assert len({tuple(p.tolist()) for p in cut[t]}) == 6, "each pass is shuffled afresh"
+    assert len({tuple(p.tolist()) for p in cut[:, 0]}) == tasks, "each task has its own shuffles"
+    # an unfinished last pass (8 steps of 3 = 2 passes + 4 examples): the full passes as above, then distinct examples
+    partial = minibatch_schedule(tasks, n, 8, 3, gen()).flatten(1)
+    assert permutations(partial[:, :20].reshape(tasks, 2, n), n).all()
+    tail = partial[:, 20:].sort(-1).values
+    assert (tail[:, 1:] != tail[:, :-1]).all()
+
+
+def test_with_replacement_each_minibatch_is_drawn_afresh():
+    """Each minibatch holds distinct examples, every example equally likely; consecutive minibatches overlap, which
+    never happens within one pass without replacement."""
+    n, batch, steps, tasks = 10, 4, 50, 200
+    drawn = minibatch_schedule(tasks, n, steps, batch, gen(), replacement=True)
+    assert drawn.shape == (tasks, steps, batch) and drawn.min() >= 0 and drawn.max() < n
+    ordered = drawn.sort(-1).values
+    assert (ordered[..., 1:] != ordered[..., :-1]).all(), "no example twice in one minibatch"
+    counts = torch.bincount(drawn.flatten(), minlength=n).double()
+    expected = tasks * steps * batch / n
+    assert ((counts - expected).abs() < 0.05 * expected).all(), counts
+
+    def overlap(b: torch.Tensor) -> float:
+        """The share of tasks whose first two minibatches share an example."""
+        return (b[:, 0].unsqueeze(-1) == b[:, 1].unsqueeze(-2)).flatten(1).any(1).double().mean().item()
+
+    assert overlap(drawn) > 0.8  # 1 - C(6,4)/C(10,4) = 0.93 for independent draws
+    assert overlap(minibatch_schedule(tasks, n, steps, batch, gen())) == 0
+
+
+@pytest.mark.parametrize("replacement", [False, True], ids=["without", "with"])
+def test_the_samplers_schedule_the_inner_loop_over_their_support_examples(replacement):
+    """Sine: one pass over the 50 grid points in 5 minibatches of 10 (the Reptile setting); N-way K-shot: over the
+    n_way * train_shots = 15 support examples in 3 minibatches of 5, the query examples excluded. With replacement
+    such a pass is (almost never) a permutation."""
+    sine = Sine().sample_train(40, 5, 10, gen(1), replacement)
+    fewshot = FewShotClassification(identity_splits(), n_way=5, k_shot=2, train_shots=3)
+    images = fewshot.sample_train(40, 3, 5, gen(1), replacement, query_shots=2)
+    for tasks, n in ((sine, 50), (images, 15)):
+        assert tasks.x.shape[1] == n and tasks.batches.min() >= 0 and tasks.batches.max() < n
+        one_pass = permutations(tasks.batches.flatten(1), n)
+        assert one_pass.all() if not replacement else one_pass.double().mean() < 0.5
+
+
+def _experiment(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=["logger.mode=disabled", "progress=false", "device=cpu", *overrides])
+    return build(cfg)
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        pytest.param(
+            False,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="data/tasks.py minibatch_schedule refuses inner_batch > n only with replacement; "
+                "without, it silently repeats examples within a minibatch (reported to the lead)",
+            ),
+        ),
+        True,
+    ],
+    ids=["without", "with"],
+)
+def test_an_inner_batch_larger_than_the_task_fails_in_one_line_naming_the_knob(replacement):
+    """The sine grid holds 50 points: inner_batch=60 cannot be drawn from one task, with replacement or without."""
+    exp = _experiment("inner_batch=60", f"replacement={replacement}")
+    with pytest.raises(ConfigError, match="inner_batch=60 is invalid") as err:
+        outer_step(exp)
+    assert "\n" not in str(err.value) and "50" in str(err.value)
