@@ -27,7 +27,6 @@ import yaml
 
 from reptile_exp import paper
 from reptile_exp.atomic import atomic_write_text
-from reptile_exp.sweep import job_dirs
 
 RESULT_FILES = ("summary.json", "evaluation.json")
 NOT_RUN = {paper.TABLE2: "not run: no copy of the Mini-ImageNet data on the development machines"}
@@ -63,7 +62,7 @@ def run_dirs(path: Path) -> list[Path]:
     """`path` itself when it holds results, else the run dirs below it (a sweep or parent dir)."""
     if any((path / f).exists() for f in RESULT_FILES):
         return [path]
-    return [d for d in job_dirs(path) if any((d / f).exists() for f in RESULT_FILES)]
+    return sorted({p.parent for f in RESULT_FILES for p in path.glob(f"**/{f}")})
 
 
 def _option(target: str) -> str:
