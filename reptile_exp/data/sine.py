@@ -1,4 +1,8 @@
-"""Sine-wave regression tasks y = a sin(x + b) (REFERENCE.md section 8), sampled on the device."""
+"""Sine-wave regression tasks y = a sin(x + b) (REFERENCE.md section 8).
+
+The random numbers are drawn on the generator's device (the CPU) and moved to the data's device, so one seed
+gives the same a, b, x and indices on every device; y is computed on the data's device.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +47,11 @@ class Sine:
 
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         low, high = bounds
-        return low + (high - low) * torch.rand(shape, generator=g, device=self.device)
+        return (low + (high - low) * torch.rand(shape, generator=g, device=g.device)).to(self.device)
+
+    def _permutations(self, num_tasks: int, n: int, g: torch.Generator) -> torch.Tensor:
+        """(num_tasks, n): a uniformly random order of 0..n-1 per task."""
+        return torch.rand(num_tasks, n, generator=g, device=g.device).argsort(-1).to(self.device)
 
     def _curves(self, num_tasks: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Amplitudes, phases (T, 1, 1) and inputs x (T, n, 1) of num_tasks new tasks."""
@@ -71,12 +79,12 @@ class Sine:
         y = a * torch.sin(x + b)
         x_query = y_query = None
         if query_shots:
-            perm = torch.rand(num_tasks, x.shape[1], generator=generator, device=self.device).argsort(-1)
+            perm = self._permutations(num_tasks, x.shape[1], generator)
             rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
             query, support = perm[:, :query_shots], perm[:, query_shots:]
             x_query, y_query = x[rows, query], y[rows, query]
             x, y = x[rows, support], y[rows, support]
-        batches = minibatch_schedule(num_tasks, x.shape[1], steps, batch, generator, replacement)
+        batches = minibatch_schedule(num_tasks, x.shape[1], steps, batch, generator, replacement).to(self.device)
         return TaskBatch(x.contiguous(), y.contiguous(), batches, x_query, y_query)
 
     def sample_eval(
@@ -87,14 +95,13 @@ class Sine:
         a, b, x = self._curves(num_tasks, n, generator)
         y = a * torch.sin(x + b)
         rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
-        support = torch.rand(num_tasks, x.shape[1], generator=generator, device=self.device).argsort(-1)
-        support = support[:, : self.k_shot]
+        support = self._permutations(num_tasks, x.shape[1], generator)[:, : self.k_shot]
         if self.x_sampling == "grid":
             x_query, y_query = x, y
         else:
             x_query, y_query = x[:, self.k_shot :], y[:, self.k_shot :]
             support = torch.arange(self.k_shot, device=self.device).expand(num_tasks, -1)
-        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator)
+        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator).to(self.device)
         return TaskBatch(
             x[rows, support].contiguous(),
             y[rows, support].contiguous(),
