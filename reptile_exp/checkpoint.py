@@ -1,8 +1,8 @@
 """Atomic checkpoints: write to a temporary file, fsync, rename; load with weights_only=True.
 
-A checkpoint is a dict of tensors and plain values (phi, optimizer and scheduler states, RNG
-states, iteration, W&B run id, the config fingerprint). The newest loadable one wins; a corrupt
-newest file falls back to the one before with a warning.
+A checkpoint is a dict of tensors and plain values (phi, optimizer and scheduler states, the task
+generator's state, the device type it trained on, iteration, W&B run id, the config fingerprint).
+The newest loadable one wins; a corrupt newest file falls back to the one before with a warning.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Every rank draws the same meta-batch from the same seeded generator and adapts its own contiguous
 share of the tasks; means over tasks are all-reduced, so phi evolves as in one process (Algorithm 2
 with the meta-batch split across devices). Only rank 0 writes: metrics, W&B, checkpoints, the final
-evaluation. Without an initialised process group everything here is the single-process identity.
+evaluation; the other ranks wait for it and all leave together. Without an initialised process
+group everything here is the single-process identity.
 
 Launch: `torchrun --nproc_per_node=N -m reptile_exp.train ...` (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT), or the submitit launcher with one task per GPU (SLURM_PROCID,

@@ -89,6 +89,18 @@ def test_a_gpu_task_generator_state_resumes_with_one_rederived_from_seed_and_ite
     assert all(torch.equal(phis[0][n], phis[1][n]) for n in phis[0])  # the same seed and iteration: the same tasks
 
 
+def test_a_gpu_runs_checkpoint_continues_the_same_tasks_on_the_cpu(caplog, trained):
+    """A checkpoint of today's GPU runs: a CPU task generator state and device 'cuda' (stood in for: no GPU here)."""
+    exp, state = trained
+    resumed = _experiment()
+    with caplog.at_level(logging.INFO, logger="reptile_exp"):
+        resumed.load_state_dict({**state, "device": "cuda"})
+    assert "resuming on cpu a run trained on cuda: the same tasks follow" in caplog.text
+    assert "re-derived" not in caplog.text
+    outer_step(exp), outer_step(resumed)
+    assert all(torch.equal(a, b) for a, b in zip(_phi(exp).values(), _phi(resumed).values(), strict=True))
+
+
 @pytest.fixture
 def restore_flags():
     flags = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
