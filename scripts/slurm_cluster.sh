@@ -51,7 +51,7 @@ print(*(s.getsockname()[1] for s in socks))')
         mariadb-install-db --no-defaults --datadir="$dir/db" --user=root --skip-test-db \
             --auth-root-authentication-method=socket >"$dir/log/mariadb-install.log" 2>&1
     fi
-    mariadbd --no-defaults --datadir="$dir/db" --socket="$dir/db.socket" --port="$db_port" \
+    setsid mariadbd --no-defaults --datadir="$dir/db" --socket="$dir/db.socket" --port="$db_port" \
         --bind-address=127.0.0.1 --user=root --pid-file="$dir/mariadbd.pid" --log-error="$dir/log/mariadbd.log" \
         --innodb-buffer-pool-size=16M >/dev/null 2>&1 &
     wait_for mariadbd mariadb --no-defaults --socket="$dir/db.socket" -u root -e "select 1"
