@@ -17,8 +17,8 @@ export SLURM_CONF=$conf
 
 running() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
 
-wait_for() {  # wait_for WHAT COMMAND...: up to 30 s
-    for _ in $(seq 300); do "${@:2}" >/dev/null 2>&1 && return 0; sleep 0.1; done
+wait_for() {  # wait_for WHAT COMMAND...: up to 2 minutes (a loaded machine)
+    for _ in $(seq 1200); do "${@:2}" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "slurm_cluster: $1 did not come up (logs in $dir/log)" >&2
     exit 1
 }

@@ -48,9 +48,9 @@ def running() -> Iterator[dict[str, str]]:
         pytest.skip(reason)
     directory = Path(tempfile.mkdtemp(prefix="reptile_exp_slurm-"))
     try:
-        up = subprocess.run([SCRIPT, "up", directory], capture_output=True, text=True, timeout=120)
+        up = subprocess.run([SCRIPT, "up", directory], capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, f"the SLURM cluster did not start: {up.stderr.strip()}"
         yield {"SLURM_CONF": str(directory / "slurm.conf")}
     finally:
-        subprocess.run([SCRIPT, "down", directory], capture_output=True, timeout=120)
+        subprocess.run([SCRIPT, "down", directory], capture_output=True, timeout=300)
         shutil.rmtree(directory)
