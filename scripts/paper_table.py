@@ -85,21 +85,20 @@ def _checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
 
 
 def _training_time(run: Path) -> tuple[float | None, str]:
-    """A training run's wall time: its summary.json minus the final evaluation, else summed from metrics.jsonl."""
-    summary = run / "summary.json"
-    if summary.exists():
-        s = json.loads(summary.read_text())
-        evals = [p.get("seconds") or 0.0 for p in s.get("protocols", {}).values()]
-        return s["seconds"] - sum(evals), "" if evals else " (with its final evaluation)"
+    """A training run's wall time: summed from metrics.jsonl's speeds (periodic evaluations included, the final
+    evaluation not), else its summary.json's seconds (with the final evaluation)."""
     metrics, total, previous = run / "metrics.jsonl", 0.0, 0
-    if not metrics.exists():
-        return None, ""
-    for line in metrics.read_text().splitlines():
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
         r = json.loads(line)
         if "train/iters_per_s" in r:
             total += (r["iteration"] - previous) / r["train/iters_per_s"]
             previous = r["iteration"]
-    return (total, " (from metrics.jsonl's speeds)") if previous else (None, "")
+    if previous:
+        return total, ""
+    summary = run / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())["seconds"], " (with its final evaluation)"
+    return None, ""
 
 
 def entries(run: Path) -> list[Entry]:
