@@ -52,7 +52,7 @@ def test_an_unusual_valid_setting_runs_to_the_end(overrides, tmp_path):
 
 
 def test_a_dataset_group_alone_runs_from_the_command_line(tmp_path):
-    proc = run_train(tmp_path, "dataset=omniglot,miniimagenet", "debug=smoke", multirun=True)
+    proc = run_train(tmp_path, "dataset=omniglot,miniimagenet", "debug=smoke", multirun=True, timeout=1800)
     sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     for job, model in (("0", "OmniglotConvNet"), ("1", "MiniImageNetConvNet")):
         assert json.loads((sweep / job / "summary.json").read_text())["iterations"] == 6, proc.stderr
