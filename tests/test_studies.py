@@ -1,9 +1,9 @@
 """The study presets (issue 4) and scripts/study.py: presets say what REFERENCE.md says, every one runs under
-debug=smoke as part of a real Hydra multirun, and the script turns multiruns into tables and figures."""
+debug=smoke as part of the every-preset multirun (test_every_preset.py), and the script turns multiruns into tables and
+figures."""
 
 import csv
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -81,12 +81,16 @@ def test_sine_presets_differ_only_where_documented():
     assert _compose("experiment=sine_finn_fomaml").algorithm.tail_shots == 10
 
 
-def _study(*args: str, cwd: Path = ROOT) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "study.py"), *args], cwd=cwd, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+SPEC = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
+study_script = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(study_script)
+
+
+def study(capsys, *args: str) -> str:
+    """scripts/study.py's main, in this process; what it printed."""
+    capsys.readouterr()
+    assert study_script.main(list(args)) == 0
+    return capsys.readouterr().out
 
 
 def _csv(path: Path) -> list[dict]:
@@ -94,29 +98,7 @@ def _csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.slow  # ~20 presets, a few seconds each
-def test_every_study_preset_runs_under_smoke_as_one_multirun(tmp_path):
-    sweep = tmp_path / "presets"
-    run_train(
-        tmp_path,
-        f"experiment={','.join(STUDY_PRESETS)}",
-        "debug=smoke",
-        *LIGHT,
-        "hydra/launcher=basic",
-        f"hydra.sweep.dir={sweep}",
-        multirun=True,
-        OMP_NUM_THREADS="1",
-    )
-    (sweep / "0" / "summary.json").unlink()  # a failed or unfinished job is reported, not fatal
-    out = _study(str(sweep), "--plot", "learning", "--out", str(tmp_path / "fig" / "learning.png"))
-    assert "job dirs 0 (unfinished); skipped" in out
-    table = _csv(tmp_path / "fig" / "learning.csv")
-    assert len(table) == len(STUDY_PRESETS) - 1 and {"g1+g2", "g4", "(g1+g2+g3)/3"} <= {r["label"] for r in table}
-    assert (tmp_path / "fig" / "learning.png").stat().st_size > 0
-    assert "| run | algorithm | k | final metric |" in (tmp_path / "fig" / "learning.md").read_text()
-
-
-def test_same_k_multirun_becomes_a_table_and_plots(tmp_path):
+def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
     sweep = tmp_path / "samek"
     run_train(
         tmp_path,
@@ -130,7 +112,7 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path):
         multirun=True,
         OMP_NUM_THREADS="1",
     )
-    out = _study(str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png"))
+    out = study(capsys, str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png"))
     table = _csv(tmp_path / "k.csv")
     assert sorted((r["algorithm"], r["k"]) for r in table) == [
         (a, k) for a in ("fomaml", "maml", "reptile") for k in ("1", "2")
@@ -138,5 +120,5 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path):
     assert all(r["metric"] == "mse" and float(r["value"]) > 0 for r in table)
     assert {r["label"] for r in table} >= {"algorithm=maml,k=2", "algorithm=reptile,k=1"}
     assert "MSE after 0" in out and (tmp_path / "k.png").exists()
-    _study(str(sweep), "--plot", "steps")  # default output next to the sweep
+    study(capsys, str(sweep), "--plot", "steps")  # default output next to the sweep
     assert (sweep / "study.png").exists() and (sweep / "study.md").exists()
