@@ -82,13 +82,17 @@ def trained(tmp_path_factory) -> Path:
 EVAL = ["evaluate_only=true", "eval_tasks=6", "k_eval=4"]  # the default schedule: iterations=30000, eps=0.1, k=5
 
 
-def evaluated(cfg, phi: dict | None) -> dict:
-    """The final evaluation's test result, computed here: a fresh build, phi loaded when given."""
+def evaluated(cfg, phi: dict) -> dict:
+    """The final evaluation's test result, computed here: a fresh build with phi loaded."""
     exp = build(cfg)
-    if phi is not None:
-        exp.learner.model.load_state_dict(phi)
+    exp.learner.model.load_state_dict(phi)
     result = report.evaluate_split(exp, "test", cfg.eval_tasks, cfg.seed + 2, curve=True)
     return json.loads(json.dumps(result))
+
+
+def initial_phi() -> dict:
+    """The phi a training run with the same seed starts from."""
+    return build(compose_cfg()).learner.model.state_dict()
 
 
 def test_evaluate_only_evaluates_the_checkpoints_phi(trained, tmp_path):
@@ -100,7 +104,7 @@ def test_evaluate_only_evaluates_the_checkpoints_phi(trained, tmp_path):
     assert result["iterations"] == 20 and result["checkpoint"] == str(trained)
     assert len(result["results"]["test"]["mse_curve"]) == 5
     assert result["results"]["test"] == evaluated(cfg, torch.load(trained, weights_only=True)["phi"])
-    assert result["results"]["test"]["mse"] != evaluated(cfg, None)["mse"]  # trained phi differs from the init's
+    assert result["results"]["test"]["mse"] != evaluated(cfg, initial_phi())["mse"]  # so the line above can fail
     assert trained.read_bytes() == before and not (tmp_path / "eval" / "checkpoints").exists()
 
 
@@ -109,7 +113,7 @@ def test_evaluate_only_init_evaluates_the_untrained_initialisation(trained, tmp_
     run(cfg, tmp_path / "eval")
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["iterations"] == 0 and result["checkpoint"] is None
-    assert result["results"]["test"] == evaluated(cfg, None)
+    assert result["results"]["test"] == evaluated(cfg, initial_phi())
     assert result["results"]["test"] != evaluated(cfg, torch.load(trained, weights_only=True)["phi"])
 
 
