@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import optuna
 import pytest
 import yaml
 from conftest import ROOT, clean_env, run_train
@@ -107,14 +108,11 @@ def test_summary_script_rewrites_the_summary_of_a_sweep_dir(basic_sweep, tmp_pat
 
 
 def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_path):
-    """3 trials of the preset's TPE search, in-memory storage, inner_lr drawn from {0.001, 1e30}: the trials
-    with 1e30 diverge and report the penalty, the search goes on. The preset's sampler seed (0) fixes the
-    draws (1e30, 0.001, 1e30 with optuna 2.10.1); the test checks both values were drawn."""
-    pytest.importorskip(
-        "hydra_plugins.hydra_optuna_sweeper", reason='needs the search extra: pip install -e ".[search]"'
-    )
-    sweep = tmp_path / "search"
-    out = run_train(
+    """3 trials of the preset's TPE search in a sqlite study, inner_lr drawn from {0.001, 1e30}: the trials with
+    1e30 diverge and hand Optuna the finite penalty (accuracy 0), the search goes on. The preset's sampler seed (0)
+    fixes the draws (1e30, 0.001, 1e30 with optuna 2.10.1); the test checks both values were drawn."""
+    sweep, storage = tmp_path / "search", f"sqlite:///{tmp_path / 'optuna.db'}"
+    run_train(
         tmp_path,
         "experiment=omniglot_5w1s",
         "hparams_search=omniglot",
@@ -122,6 +120,8 @@ def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_
         "eval_every=0",
         f"hydra.sweep.dir={sweep}",
         "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=search",
         "inner_lr=choice(0.001,1e30)",
         "k=1",
         "epsilon=1.0",
@@ -129,7 +129,6 @@ def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_
         multirun=True,
         **ONE_THREAD,
     )
-    assert "Storage: None" in out.stdout + out.stderr  # in memory
     rows = read_csv(sweep / "sweep_summary.csv")
     assert len(rows) == 3
     diverged = [r for r in rows if float(r["inner_lr"]) == 1e30]
@@ -138,6 +137,10 @@ def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_
     assert all(r["status"] == "failed" and r["error"].startswith("diverged at iteration") for r in diverged)
     assert all(r["status"] == "finished" and r["objective_name"] == "val/accuracy" for r in finished)  # never test
     assert not any(key.startswith("test/") for key in rows[0])
+    trials = optuna.load_study(study_name="search", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    told = {(t.params["inner_lr"], t.value) for t in trials}
+    assert told == {(1e30, 0.0)} | {(0.001, float(r["objective"])) for r in finished}  # the penalty: finite, worst
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["best_value"] == max(float(r["objective"]) for r in finished) > 0
     assert best["best_params"]["inner_lr"] == 0.001
@@ -168,9 +171,6 @@ def test_launcher_presets_compose_and_every_slurm_field_is_overridable():
 
 
 def test_hparams_search_preset_maximises_validation_accuracy():
-    pytest.importorskip(
-        "hydra_plugins.hydra_optuna_sweeper", reason='needs the search extra: pip install -e ".[search]"'
-    )
     cfg = compose_hydra("experiment=omniglot_5w1s", "hparams_search=omniglot")
     assert cfg.objective_split == "val" and list(cfg.eval_splits) == ["val"] and cfg.dataset.val_characters > 0
     sweeper = cfg.hydra.sweeper
