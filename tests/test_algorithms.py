@@ -221,19 +221,22 @@ def _image_tasks(num_tasks, steps, n_way=3, shots=2, query=1, seed=0):
 
 @pytest.mark.parametrize("case", ["sine-mlp-float32", "omniglot-convnet-float64"])
 def test_maml_engine_agrees_with_plain_autograd(case):
+    """To each dtype's rounding: measured 1.4e-7 (float32, gradients ~0.4) and 7e-15 (float64, gradients ~6)."""
     torch.manual_seed(0)
     if case == "sine-mlp-float32":
         model, loss, reduction, alpha = MLP(hidden=(32, 32), activation="relu"), "mse", "mean", 0.01
         tasks = Sine(x_sampling="uniform").sample_train(5, 3, 10, torch.Generator().manual_seed(0), query_shots=10)
+        atol = 1e-6
     else:
         model, loss, reduction, alpha = OmniglotConvNet(3).double(), "cross_entropy", "sum", 0.01
         tasks = _image_tasks(2, 2)
+        atol = 1e-12
     learner = Learner(model, SGD(alpha), loss, reduction)
     phi = {n: p.detach() for n, p in model.named_parameters()}
     g, _, _ = MAML(query_shots=1).meta_gradient(learner, phi, tasks, {})
     expected = _autograd_maml(model, learner, tasks, alpha)
     for n in phi:
-        torch.testing.assert_close(g[n], expected[n], rtol=0, atol=1e-5)
+        torch.testing.assert_close(g[n], expected[n], rtol=0, atol=atol)
 
 
 def test_every_algorithm_merges_the_inner_state_like_reptile():
