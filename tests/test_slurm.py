@@ -129,7 +129,7 @@ def test_time_limit_signal_checkpoints_and_submitit_requeues_the_job_which_resum
 
 
 def test_scancel_leaves_a_checkpoint_and_a_resubmission_continues_from_it(cluster, sweep, tmp_path):
-    """scancel: SIGTERM to the job, the run checkpoints and stops; the same command again resumes it."""
+    """scancel of the running job, then the same command again: it continues from the newest checkpoint left."""
     env, job = clean_env(tmp_path, **cluster), tmp_path / "sweep" / "0"
     with sweep_process(env, tmp_path / "sweep", *SLURM, *COMMON, "seed=0") as proc:
         wait_for(job / "checkpoints" / f"ckpt-{EVERY:08d}.pt", proc)
@@ -137,9 +137,9 @@ def test_scancel_leaves_a_checkpoint_and_a_resubmission_continues_from_it(cluste
         output, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, output  # the sweep reports the cancelled job
     assert not (job / "summary.json").exists(), "the job finished before it could be cancelled"
-    (stop,) = stopped_at(job, "SIGTERM")
+    left = int(sorted((job / "checkpoints").glob("ckpt-*.pt"))[-1].stem.split("-")[1])
 
     with sweep_process(env, tmp_path / "sweep", *SLURM, *COMMON, "seed=0") as proc:  # the same command again
         output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output
-    assert check_resumed(job, final_phi(sweep / "0"), N, EVERY) == [stop]
+    assert check_resumed(job, final_phi(sweep / "0"), N, EVERY) == [left]
