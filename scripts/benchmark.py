@@ -117,23 +117,31 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int, budget_s: float = 0.5) -> float:
-    """The best of `repeats` timings of an n x n matrix product: the hardware's ceiling for dense work.
+def ceiling_size(product_seconds, n_max: int, budget_s: float = 0.5, n_min: int = 256) -> int:
+    """The size n of the n x n product that measures the matmul ceiling: from n_min, double while the next size
+    (8x the work) is predicted to fit budget_s, up to n_max. A GPU thus times products of tens of ms, not a
+    launch-bound 256 x 256 one; a dtype the hardware lacks (bfloat16 on a CPU without AVX-512 BF16, about
+    1 GFLOP/s) costs seconds, not minutes. product_seconds(n) times one product of size n."""
+    n, seconds_n = n_min, product_seconds(n_min)
+    while n < n_max and 8 * seconds_n <= budget_s:
+        n *= 2
+        seconds_n = product_seconds(n)
+    return n
 
-    n halves until one product fits in budget_s (a 256 x 256 probe tells), so a dtype the hardware lacks
-    (bfloat16 on a CPU without AVX-512 BF16 runs at about 1 GFLOP/s) costs seconds, not minutes."""
-    calls = 20 if device.type == "cuda" else 1
+
+def matmul_gflops(device: torch.device, dtype: torch.dtype, n_max: int, repeats: int) -> float:
+    """The best of `repeats` timings of an n x n matrix product at the size ceiling_size picks: the hardware's
+    ceiling for dense work. Every size is timed after an untimed product (allocation, kernel choice), with a device
+    sync before and after."""
 
     def best(size: int, rounds: int) -> float:
         a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-        product = lambda: [a @ b for _ in range(calls)]  # noqa: E731
+        product = lambda: a @ b  # noqa: E731
         product()
         return min(seconds(product, device) for _ in range(rounds))
 
-    probe = best(256, 1)
-    while n > 256 and probe * (n / 256) ** 3 > budget_s:
-        n //= 2
-    return 2 * n**3 * calls / best(n, repeats) / 1e9
+    n = ceiling_size(lambda size: best(size, 1), n_max)
+    return 2 * n**3 / best(n, repeats) / 1e9
 
 
 def config(preset: str, device: str, overrides: list[str]):
@@ -168,7 +176,7 @@ class Serial:
 
     def evaluate(self, num_tasks: int, seed: int) -> None:
         cfg, exp = self.exp.cfg, self.exp
-        generator = torch.Generator(device=exp.device).manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # the engine's tasks: evaluate_split draws on the CPU too
         tasks = exp.dataset.sample_eval(num_tasks, cfg.k_eval, cfg.eval_batch, generator, split="test")
         self.reference.evaluate(tasks.to(exp.device, exp.dtype), cfg.transductive)
 
@@ -362,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch._dynamo.config.recompile_limit = 64  # compiled variants share the compiled code's cache (one per learner)
     device = torch.device(args.device)
     load_start = os.getloadavg()[0]
-    n, repeats = (8192, 5) if cuda else (1024 if args.quick else 2048, 5)
+    n, repeats = (16384, 5) if cuda else (1024 if args.quick else 2048, 5)
     set_precision(device, "highest")
     ceilings = {"float32": matmul_gflops(device, torch.float32, n, repeats)}
     ceilings["bfloat16"] = matmul_gflops(device, torch.bfloat16, n, repeats)
