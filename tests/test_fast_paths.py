@@ -179,11 +179,13 @@ def test_training_and_evaluation_chunks_never_synchronise_on_cuda():
 
 @pytest.mark.parametrize("budget_mb", [80, 256])
 def test_an_evaluation_chunk_stays_within_eval_memory_mb(budget_mb):
+    """Within the budget, and not far below it: measured 42% of it (the estimate counts activations three times, about
+    3.7 MiB per task here), so a chunk that ignored the budget (always 2 tasks: 7 MiB) fails the lower bound."""
     exp = _experiment(*OMNIGLOT, "device=cpu", f"eval_memory_mb={budget_mb}")
     chunk = eval_chunk(exp, 1000)
     assert chunk > 1
     peak = benchmark.peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device)
-    assert peak <= budget_mb
+    assert budget_mb / 4 < peak <= budget_mb
 
 
 @pytest.mark.cuda
