@@ -210,5 +210,9 @@ def test_stop_signal_during_the_final_evaluation_stops_it_and_the_rerun_evaluate
     assert proc.returncode in (-signal.SIGTERM, 128 + signal.SIGTERM), output
     assert "stopped by SIGTERM; evaluation not finished" in output
     assert final.exists() and not (run_dir / "summary.json").exists()
-    run_train(tmp_path, *args, "eval_tasks=50")  # the same run dir: resumes at iteration 20, evaluates only
+    trained = [r for r in _records(run_dir) if "train/loss" in r]
+    rerun = run_train(tmp_path, *args, "eval_tasks=50")  # the same run dir: resumes at iteration 20, evaluates only
+    assert f"loaded {final} (iteration 20)" in rerun.stderr
+    assert [r for r in _records(run_dir) if "train/loss" in r] == trained  # no iteration trained (nor logged) again
+    assert [r["iteration"] for r in _records(run_dir) if "final/test_mse" in r] == [20]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 20
