@@ -244,7 +244,9 @@ def test_a_finished_run_is_not_overwritten_unless_asked(tmp_path):
 
     run_train(tmp_path, *args, "iterations=4", "overwrite=true", "eval_tasks=5")  # asked: the results are redone
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["iterations"] == 4 and summary != json.loads(finished["summary.json"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    assert [r["iteration"] for r in records if "final/test_mse" in r] == [4]
+    (final,) = [r for r in records if "final/test_mse" in r]  # one final record: the recomputed results'
+    assert summary["iterations"] == final["iteration"] == 4
+    assert final["final/test_mse"] == summary["results"]["test"]["mse"]
+    assert summary["results"] != json.loads(finished["summary.json"])["results"]  # 5 test tasks now, 4 before
