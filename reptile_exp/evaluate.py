@@ -91,7 +91,6 @@ def task_chunks(
         yield tasks[:chunk]
 
 
-@torch.no_grad()  # torch.func.grad inside adapt still differentiates (function transforms ignore it)
 def evaluate(
     learner: Learner,
     phi: Params,
@@ -107,13 +106,37 @@ def evaluate(
     curve: bool = False,
     on_chunk: Callable[[int], None] | None = None,
 ) -> dict:
-    """Mean metric over num_tasks test tasks of `split`, with its 95% CI.
+    """Mean metric over num_tasks test tasks of `split`, with its 95% CI (`evaluate_modes` with one mode)."""
+    modes = (transductive,)
+    return evaluate_modes(
+        learner, phi, state, dataset, split, num_tasks, steps, batch, generator, chunk, modes, curve, on_chunk
+    )[0]
 
-    on_chunk(tasks) is called after each chunk (a progress bar; it may raise to stop). Returns {"accuracy",
+
+@torch.no_grad()  # torch.func.grad inside adapt still differentiates (function transforms ignore it)
+def evaluate_modes(
+    learner: Learner,
+    phi: Params,
+    state: State,
+    dataset,
+    split: str,
+    num_tasks: int,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    chunk: int,
+    modes: tuple[bool, ...] = (False,),
+    curve: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One result per mode of `modes` (transductive or not), each the mean metric over num_tasks test tasks of
+    `split` with its 95% CI; the modes share the tasks and their adaptation (only the query pass differs).
+
+    on_chunk(tasks) is called after each chunk (a progress bar; it may raise to stop). A result is {"accuracy",
     "accuracy_ci95"} for classification, {"mse", "mse_ci95", "mse_curve"} for regression (the curve: mean MSE
-    after 0..steps inner steps).
+    after 0..steps inner steps; regression has no transductive mode, so every mode gets the same result).
     """
-    per_task, curves = [], []
+    per_task, curves = [[] for _ in modes], []
     phi = {n: p.detach() for n, p in phi.items()}
     for tasks in task_chunks(dataset, split, num_tasks, steps, batch, generator, chunk):
         tasks = tasks.to(tasks.x.device, next(iter(phi.values())).dtype)
@@ -126,21 +149,27 @@ def evaluate(
                     steps_mse.append(((out - tasks.y_query) ** 2).flatten(1).mean(1))
 
             learner.adapt(phi, tasks, state, steps, observe=observe)
-            per_task.append(steps_mse[-1])
+            for values in per_task:
+                values.append(steps_mse[-1])
             curves.append(torch.stack(steps_mse, dim=1))
         else:
             weights, _, _ = learner.adapt(phi, tasks, state, steps)
-            if transductive:
-                logits = learner.predict(weights, tasks.x_query)
-            else:
-                logits = _non_transductive_logits(learner, weights, tasks.x, tasks.x_query)
-            per_task.append((logits.argmax(-1) == tasks.y_query).double().mean(1))
+            for transductive, values in zip(modes, per_task):
+                if transductive:
+                    logits = learner.predict(weights, tasks.x_query)
+                else:
+                    logits = _non_transductive_logits(learner, weights, tasks.x, tasks.x_query)
+                values.append((logits.argmax(-1) == tasks.y_query).double().mean(1))
         if on_chunk is not None:
             on_chunk(tasks.num_tasks)
-    values = torch.cat(per_task).double()
+    return [_result(dataset, torch.cat(values).double(), curves if curve else None) for values in per_task]
+
+
+def _result(dataset, values: Tensor, curves: list[Tensor] | None) -> dict:
+    """The mean of per-task values with its 95% CI (and the mean MSE curve, for regression)."""
     if dataset.kind == "regression":
         result = {"mse": values.mean().item(), "mse_ci95": ci95(values)}
-        if curve:
+        if curves is not None:
             result["mse_curve"] = torch.cat(curves).double().mean(0).tolist()
         return result
     return {"accuracy": values.mean().item(), "accuracy_ci95": ci95(values)}

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import plots, protocols
-from .evaluate import chunk_size, evaluate
+from .evaluate import chunk_size, evaluate_modes
 from .experiment import Experiment
 from .protocols import Protocol
 from .signals import Interrupted, StopSignals
@@ -55,23 +55,31 @@ def evaluate_split(
     stop: StopSignals | None = None,
     protocol: Protocol | None = None,
 ) -> dict:
-    """Evaluate phi on num_tasks tasks of split; the same seed gives the same tasks on every device.
+    """Evaluate phi on num_tasks tasks of split under `protocol` (default: the top-level knobs; its k_shot is the
+    dataset's, see `shots`); the same seed gives the same tasks on every device."""
+    cfg = exp.cfg
+    protocol = protocol or Protocol("default", exp.dataset.k_shot, cfg.transductive, cfg.eval_batch, cfg.k_eval)
+    return evaluate_protocols(exp, split, num_tasks, seed, [protocol], curve, stop)[0]
 
-    `protocol` gives transduction, eval batch and k_eval (default: the top-level knobs; its k_shot is the
-    dataset's, see `shots`). With `stop` (the final evaluation): a progress bar, and a stop signal ends it
-    between chunks (Interrupted).
-    """
-    cfg, dataset = exp.cfg, exp.dataset
-    k_eval, batch, transductive = (
-        (cfg.k_eval, cfg.eval_batch, cfg.transductive)
-        if protocol is None
-        else (protocol.k_eval, protocol.eval_batch, protocol.transductive)
-    )
+
+def evaluate_protocols(
+    exp: Experiment,
+    split: str,
+    num_tasks: int,
+    seed: int,
+    group: list[Protocol],
+    curve: bool = False,
+    stop: StopSignals | None = None,
+) -> list[dict]:
+    """One result per protocol of `group`, protocols that differ only in transduction: they score the same tasks
+    after one shared adaptation (evaluate_modes). With `stop` (the final evaluation): a progress bar, and a stop
+    signal ends it between chunks (Interrupted)."""
+    cfg, first = exp.cfg, group[0]
     with tqdm(
         total=num_tasks,
         disable=stop is None or not cfg.progress,
         dynamic_ncols=True,
-        desc=f"evaluate {split}" + ("" if protocol is None else f" ({protocol.name})"),
+        desc=f"evaluate {split}" + ("" if first.name == "default" else f" ({', '.join(p.name for p in group)})"),
         unit="task",
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     ) as bar:
@@ -81,18 +89,18 @@ def evaluate_split(
             if stop is not None and stop.received:
                 raise Interrupted(stop.received, None)
 
-        return evaluate(
+        return evaluate_modes(
             exp.learner,
             exp.phi,
             exp.inner_state,
-            dataset,
+            exp.dataset,
             split,
             num_tasks,
-            k_eval,
-            batch,
+            first.k_eval,
+            first.eval_batch,
             torch.Generator().manual_seed(seed),
-            eval_chunk(exp, num_tasks, batch),
-            transductive=transductive,
+            eval_chunk(exp, num_tasks, first.eval_batch),
+            modes=tuple(p.transductive for p in group),
             curve=curve,
             on_chunk=on_chunk,
         )
@@ -117,25 +125,37 @@ def shots(dataset, k_shot: int) -> Iterator[None]:
         dataset.k_shot = saved
 
 
+def shared_adaptation(listed: list[Protocol]) -> list[list[Protocol]]:
+    """The protocols grouped by (k_shot, eval_batch, k_eval), in order: a group differs only in transduction, so
+    its protocols share one adaptation per task (the paper's transductive and plain rows of one K)."""
+    groups: dict[tuple, list[Protocol]] = {}
+    for p in listed:
+        groups.setdefault((p.k_shot, p.eval_batch, p.k_eval), []).append(p)
+    return list(groups.values())
+
+
 def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: StopSignals) -> dict:
     """Evaluate every protocol on every split of eval_splits (REFERENCE.md section 5; the paper's Tables 1 and 2
     score one training under several) and draw the figures.
 
-    Returns {protocol name: {split: results, "k_shot", "transductive", "eval_batch", "k_eval", "seconds"}}. Split
-    i is evaluated with seed + 2 + i under every protocol: the same test tasks as a single-protocol run.
+    Returns {protocol name: {split: results, "k_shot", "transductive", "eval_batch", "k_eval", "seconds"}}, in the
+    order listed ("seconds": the evaluation its group shared). Split i is evaluated with seed + 2 + i under every
+    protocol: the same test tasks as a single-protocol run.
     """
     cfg, metric = exp.cfg, metric_name(exp.dataset)
-    results = {}
-    for protocol in protocols.parse(cfg, exp.dataset):
-        started, splits = time.time(), {}
-        with shots(exp.dataset, protocol.k_shot):
+    listed, results = protocols.parse(cfg, exp.dataset), {}
+    for group in shared_adaptation(listed):
+        started, splits = time.time(), [{} for _ in group]
+        with shots(exp.dataset, group[0].k_shot):
             for i, split in enumerate(cfg.eval_splits):
-                splits[split] = evaluate_split(
-                    exp, split, cfg.eval_tasks, cfg.seed + 2 + i, curve=True, stop=stop, protocol=protocol
-                )
-                log.info("%s %s %s: %s", protocol.name, split, metric, fmt(splits[split], metric))
-        settings = {k: v for k, v in asdict(protocol).items() if k != "name"}
-        results[protocol.name] = {**splits, **settings, "seconds": time.time() - started}
+                scored = evaluate_protocols(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, group, curve=True, stop=stop)
+                for protocol, result, by_split in zip(group, scored, splits):
+                    by_split[split] = result
+                    log.info("%s %s %s: %s", protocol.name, split, metric, fmt(result, metric))
+        for protocol, by_split in zip(group, splits):
+            settings = {k: v for k, v in asdict(protocol).items() if k != "name"}
+            results[protocol.name] = {**by_split, **settings, "seconds": time.time() - started}
+    results = {p.name: results[p.name] for p in listed}
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(exist_ok=True)
     images = {"learning_curve": plots.learning_curve(tracker.metrics.read(), plot_dir / "learning_curve.png")}
