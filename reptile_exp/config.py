@@ -276,6 +276,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.objective_split not in splits:
         _fail("objective_split", cfg.objective_split, f"must be one of eval_splits={splits}")
     _check_model_fits_dataset(cfg)
+    from .protocols import parse  # protocols.py imports ConfigError from here
+
+    parse(cfg)
 
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
