@@ -48,7 +48,7 @@ def skip_reason(command: list[str]) -> str | None:
         if ranks != "1":
             return f"torchrun with {ranks} ranks (tests/test_distributed.py runs two gloo ranks)"
     if "launcher=slurm" in command:
-        return "launcher=slurm needs a SLURM cluster (tests/test_preemption.py runs it with the controller mocked)"
+        return "launcher=slurm needs a SLURM cluster (tests/test_slurm.py runs it on a real one-node cluster)"
     if any(w in command for w in GPU_ONLY) and not torch.cuda.is_available():
         return "needs a CUDA GPU (none visible on this machine)"
     return None
