@@ -55,7 +55,7 @@ CASES = [
     ("eps_final", ["epsilon_final=0.5"], "epsilon_final=0.5 is invalid: must be between 0 and epsilon=0.1"),
     ("hidden", ["model.hidden=[64,0]"], "model.hidden=[64, 0] is invalid: must be an integer >= 1"),
     ("sine_shots", ["dataset.k_shot=60"], "dataset.k_shot=60 is invalid: must be <= dataset.n_points=50"),
-    ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of ['train', 'val', 'test']"),
+    ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of"),
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
     # data files
