@@ -16,6 +16,21 @@ import torch
 from conftest import ROOT, final_phi, train_cmd
 from wandb_records import exit_code
 
+# A small sine run that checkpoints every EVERY of its N iterations: the sweep jobs these tests stop and resume.
+N, EVERY = 400, 50
+SMALL_RUN = [
+    f"iterations={N}",
+    f"checkpoint_every={EVERY}",
+    f"log_every={EVERY}",
+    "meta_batch=2",
+    "inner_optimizer=adam",
+    "inner_lr=0.01",
+    "eval_every=0",
+    "eval_tasks=4",
+    "k_eval=3",
+    "progress=false",
+]
+
 
 @contextmanager
 def sweep_process(env: dict, sweep: Path, *overrides: str) -> Iterator[subprocess.Popen]:

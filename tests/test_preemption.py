@@ -12,21 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, clean_env, final_phi, run_train
-from sweep_jobs import check_resumed, submitit_task, sweep_process, wait_for
+from sweep_jobs import EVERY, SMALL_RUN, N, check_resumed, submitit_task, sweep_process, wait_for
 
-N, EVERY = 400, 50
-COMMON = [
-    f"iterations={N}",
-    f"checkpoint_every={EVERY}",
-    f"log_every={EVERY}",
-    "meta_batch=2",
-    "inner_optimizer=adam",
-    "inner_lr=0.01",
-    "eval_every=0",
-    "eval_tasks=4",
-    "k_eval=3",
-    "progress=false",
-]
+COMMON = SMALL_RUN
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread per process on this shared CPU
 
 

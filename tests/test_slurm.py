@@ -19,23 +19,20 @@ from pathlib import Path
 import pytest
 import slurm_cluster
 from conftest import clean_env, final_phi
-from sweep_jobs import check_resumed, stopped_at, submitit_task, sweep_process, wait_for, wait_until
+from sweep_jobs import (
+    EVERY,
+    SMALL_RUN,
+    N,
+    check_resumed,
+    stopped_at,
+    submitit_task,
+    sweep_process,
+    wait_for,
+    wait_until,
+)
 from wandb_records import exit_code
 
-N, EVERY = 400, 50
-COMMON = [
-    f"iterations={N}",
-    f"checkpoint_every={EVERY}",
-    f"log_every={EVERY}",
-    "meta_batch=2",
-    "inner_optimizer=adam",
-    "inner_lr=0.01",
-    "eval_every=0",
-    "eval_tasks=4",
-    "k_eval=3",
-    "progress=false",
-    "logger.mode=offline",
-]
+COMMON = [*SMALL_RUN, "logger.mode=offline"]
 # a CPU-only node: one task of one CPU per job
 SLURM = [
     "launcher=slurm",
