@@ -91,6 +91,7 @@ def test_tables_from_a_seed_sweep_a_training_run_and_a_legacy_evaluation(tmp_pat
     assert float(five["ours_mean"]) == round(100 * legacy["results"]["test"]["accuracy"], 4)
     assert five["schedule"] == "6 iterations (shortened: the paper's is 200,000)"
     assert five["source"] == str(eval20) and "eval " in five["wall_time"]
+    assert not five["wall_time"].startswith("train unknown")  # the training time comes from the checkpoint's run dir
 
     # rows not run say so, with the reason where it is known
     assert cell[(paper.TABLE1, "1-shot 20-way", "Reptile + transduction")]["status"] == "not run: no run given"
