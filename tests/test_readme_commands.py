@@ -33,6 +33,7 @@ def readme_commands(text: str) -> list[list[str]]:
     lines += re.findall(r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
     commands: list[list[str]] = []
     for line in lines:
+        line = re.sub(r"<([^<>\n]*)>", lambda m: "<" + m.group(1).replace(" ", "_") + ">", line)  # <run dir>: one word
         words = shlex.split(line, comments=True)
         for start in range(len(words)):
             if words[start] == "torchrun" or tuple(words[start : start + 3]) == ENTRY:
