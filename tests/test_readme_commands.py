@@ -48,6 +48,8 @@ def skip_reason(command: list[str]) -> str | None:
         ranks = next((w.split("=")[1] for w in command if w.startswith("--nproc_per_node=")), "1")
         if ranks != "1":
             return f"torchrun with {ranks} ranks (tests/test_distributed.py runs two gloo ranks)"
+    if "experiment=glob(*)" in command:
+        return "every preset in smoke mode: tests/test_every_preset.py runs this very multirun"
     if "launcher=slurm" in command:
         return "launcher=slurm needs a SLURM cluster (tests/test_slurm.py runs it on a real one-node cluster)"
     if any(w in command for w in GPU_ONLY) and not torch.cuda.is_available():
