@@ -21,7 +21,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from .atomic import atomic_write_text
-from .config import ReptileExpError, composition_error
+from .config import ReptileExpError
+from .config_checks import composition_error
 from .report import penalty
 from .signals import Interrupted, redeliver
 

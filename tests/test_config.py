@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from reptile_exp.config import ConfigError, composition_error, register_schema, validate
+from reptile_exp.config import ConfigError, register_schema, validate
+from reptile_exp.config_checks import composition_error
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
@@ -280,13 +281,29 @@ def test_legitimate_additions_pass(overrides):
 
 
 def test_an_optional_local_config_is_read_and_checked(tmp_path):
+    """conf/local/default.yaml is merged at the top level, with or without a package header; a typo in it
+    gets the closest key and names the file."""
     conf = shutil.copytree(CONF, tmp_path / "conf")
     (conf / "local").mkdir()
-    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  data_dir: /big/disk\nthreads: 1\n")
-    with _hydra_run(config_dir=conf) as cfg:
-        validate(cfg)
-        assert (cfg.paths.data_dir, cfg.threads) == ("/big/disk", 1)
-    (conf / "local" / "default.yaml").write_text("# @package _global_\npaths:\n  dat_dir: /big/disk\n")
-    with pytest.raises(ConfigError, match="In 'local/default'.*Key 'dat_dir' not in 'PathsConfig'"):
-        with _hydra_run(config_dir=conf):
-            pass
+    local = conf / "local" / "default.yaml"
+    for header in ("", "# @package _global_\n"):
+        local.write_text(f"{header}paths:\n  data_dir: /big/disk\nthreads: 1\n")
+        with _hydra_run(config_dir=conf) as cfg:
+            validate(cfg)
+            assert (cfg.paths.data_dir, cfg.threads) == ("/big/disk", 1)
+    for text, line in [
+        (
+            "paths:\n  dat_dir: /big/disk\n",
+            "conf/local/default.yaml: paths.dat_dir is not a config key: did you mean 'data_dir'?",
+        ),
+        (
+            "epsilon_fianl: 0.1\n",
+            "conf/local/default.yaml: epsilon_fianl is not a config key: did you mean 'epsilon_final'?",
+        ),
+        ("k: abc\n", "conf/local/default.yaml: k='abc' is invalid: "),
+    ]:
+        local.write_text(text)
+        with pytest.raises(ConfigError) as error:
+            with _hydra_run(config_dir=conf):
+                pass
+        assert str(error.value).startswith(line)

@@ -1,0 +1,166 @@
+"""The one-line answers to keys and groups named wrong: an unknown key (with the closest known one), a key of
+the wrong type, a model that does not fit the dataset, and Hydra's composition errors (issue 12).
+
+`config.validate` runs the first three after composition; the entry point turns a composition error into
+one line with `composition_error`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from .config import GROUP_RANGES, RANGES, ConfigError, TrainConfig, fail
+
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+# An annotation of a _target_'s parameter -> (test of a value, what it must be).
+TYPES = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def unknown_key(key: str, name: str, valid: list[str]) -> str:
+    """The one line for a key that is not in the config: the closest known key and the valid ones."""
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"{key} is not a config key: {hint}valid keys here: {', '.join(sorted(valid))}"
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Keys added with +key= or ++key= must exist: top-level and logger/paths keys in the schema, a group's keys
+    among its _target_'s parameters, each of the type its annotation names (bool, int, float, str)."""
+    _known(cfg, "", [f.name for f in fields(TrainConfig)])
+    for group in ("logger", "paths"):
+        _known(cfg[group], f"{group}.", [f.name for f in fields(OmegaConf.get_type(cfg[group]))])
+    for group in ("dataset", "model", "algorithm", "inner_optimizer", "outer_optimizer"):
+        node = cfg[group]
+        params = _parameters(node)
+        if params is None:
+            continue
+        _known(node, f"{group}.", [*params, *(k for k in HYDRA_KEYS if k in node)])
+        for name in node:
+            annotation = params[name].annotation if name in params else ""
+            annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+            test, kind = TYPES.get(annotation.removesuffix(" | None"), (None, ""))
+            value = node[name]
+            if test is not None and not test(value) and not (value is None and annotation.endswith(" | None")):
+                fail(f"{group}.{name}", value, f"must be {kind}")
+
+
+def _parameters(node: DictConfig) -> dict[str, inspect.Parameter] | None:
+    """The keyword parameters of a config node's _target_; None when it has none, is not found or takes **kwargs."""
+    try:
+        params = inspect.signature(get_object(node._target_)).parameters
+    except (ImportError, ValueError, TypeError, OmegaConfBaseException):
+        return None  # instantiate reports a target it cannot find
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n: p for n, p in params.items() if p.kind is not p.VAR_POSITIONAL}
+
+
+def _known(node: DictConfig, prefix: str, valid: list[str]) -> None:
+    for name in node:
+        if name not in valid:
+            raise ConfigError(unknown_key(f"{prefix}{name}", str(name), valid))
+
+
+def _choice(group: str) -> str | None:
+    """The option of a config group this run chose (None outside a Hydra run)."""
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
+def check_model_fits_dataset(cfg: DictConfig) -> None:
+    """The model must take the dataset's inputs and give its outputs (one per class; regression: one value).
+
+    Checked by a forward pass on two zero inputs of the dataset's shape, before any data is read.
+    """
+    import torch
+
+    from .experiment import instantiate
+
+    try:
+        data = get_object(cfg.dataset._target_)
+    except ImportError:
+        return  # instantiate reports a target it cannot find
+    shape = getattr(data, "image_shape", None) or getattr(data, "input_shape", None)
+    if shape is None:
+        return
+    outputs = 1 if data.kind == "regression" else cfg.dataset.n_way
+    try:
+        with torch.no_grad():
+            got = tuple(instantiate(cfg.model)(torch.zeros(2, *shape)).shape[1:])
+    except (RuntimeError, OmegaConfBaseException):  # a shape mismatch, or a key of another dataset's model
+        got = None
+    if got == (outputs,):
+        return
+    dataset, model = _choice("dataset"), _choice("model")
+    fitting = _dataset_model(dataset) if dataset else None
+    if model and model.startswith("for_dataset/"):
+        model = fitting
+    needs = f"take inputs of shape {list(shape)}"
+    if got is not None:
+        needs = f"give {outputs} output{'s' if outputs != 1 else ''} per example, not {got[0]}"
+    changed = [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("model.")] if model else []
+    if fitting and model != fitting:
+        fix = f"choose model={fitting} (or leave model out: it follows the dataset)"
+    else:
+        fix = f"undo {' '.join(changed)}" if changed else "choose a model made for this dataset"
+    model_name = f"model={model}" if model else f"model._target_={cfg.model._target_}"
+    dataset_name = f"dataset={dataset}" if dataset else f"dataset._target_={cfg.dataset._target_}"
+    raise ConfigError(f"{model_name} does not fit {dataset_name}: the model must {needs}; {fix}")
+
+
+def _dataset_model(dataset: str) -> str | None:
+    """The model option conf/model/for_dataset/<dataset>.yaml selects (None when there is no such file)."""
+    path = Path(__file__).resolve().parents[1] / "conf" / "model" / "for_dataset" / f"{dataset}.yaml"
+    if not path.exists():
+        return None
+    return str(OmegaConf.load(path).defaults[0]).rpartition("/")[2].partition("@")[0]
+
+
+def first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def composition_error(e: Exception) -> str | None:
+    """One line for an error Hydra/OmegaConf raise while composing the config (k=abc, kk=3, dataset=nope):
+    the override, what is wrong and what is allowed. None when `e` is not a composition error."""
+    if isinstance(e, MissingConfigException) and e.options is not None:
+        group, _, option = (e.missing_cfg_file or "").rpartition("/")
+        return f"{group or 'config'}={option} is invalid: no such option; choose one of {sorted(e.options)}"
+    source = re.match(r"In '([^']+)': \w+ raised while composing config", str(e))
+    if source and isinstance(e.__context__, OmegaConfBaseException):  # a key inside a config file
+        line = composition_error(e.__context__)
+        return f"conf/{source[1]}.yaml: {line}" if line else None
+    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        key = cause.full_key
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.parent_node is not None:
+            node = cause.parent_node
+            params = _parameters(node) if "_target_" in node else None
+            if params and cause.key in params:
+                return f"{key} is not set by this config group option: write +{key}=... to pass it to {node._target_}"
+            valid = {str(k) for k in node.keys() if k != "hydra"} | set(params or ())
+            return unknown_key(key, str(cause.key), sorted(valid))
+        allowed = RANGES.get(key) or GROUP_RANGES.get(key.partition(".")[0], {}).get(key.partition(".")[2])
+        reason = first_line(cause).rstrip(".")
+        return f"{key}={cause.value!r} is invalid: {reason}" + (f"; must be {allowed}" if allowed else "")
+    added = re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+: (\S+)'", str(e))
+    if added:  # +experiment=X where the defaults list already has the group
+        group, option = added.groups()
+        return f"+{group}={option} is invalid: {group} is already a config group here; write {group}={option}"
+    if isinstance(e, (HydraException, OmegaConfBaseException)):
+        return f"cannot compose the config: {' '.join(str(e).split())}"
+    return None
