@@ -1,12 +1,7 @@
-"""scripts/benchmark.py's matmul ceiling measures at a size that saturates the device (issue 11, defect 8)."""
+"""The benchmark's matmul ceiling (reptile_exp/measure.py) measures at a size that saturates the device (issue 11,
+defect 8)."""
 
-import importlib.util
-
-from conftest import ROOT
-
-SPEC = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(benchmark)
+from reptile_exp.measure import ceiling_size
 
 
 def _device(gflop_s: float, launch_s: float = 0.0):
@@ -24,7 +19,7 @@ def test_a_gpu_is_timed_on_products_that_dwarf_the_launch():
     """A 50 TFLOP/s GPU with 10 us launches: a 256 x 256 product is mostly launch (the old probe); the chosen size
     spends under 0.1% of its time launching."""
     product_seconds, timed = _device(50_000, launch_s=1e-5)
-    n = benchmark.ceiling_size(product_seconds, n_max=16384)
+    n = ceiling_size(product_seconds, n_max=16384)
     assert timed == [256, 512, 1024, 2048, 4096, 8192, 16384] and n == 16384
     assert 1e-5 / product_seconds(256) > 0.5 and 1e-5 / product_seconds(n) < 1e-3
 
@@ -33,6 +28,6 @@ def test_a_slow_dtype_stops_growing_within_the_budget_and_n_max_holds():
     """bfloat16 emulated at 1 GFLOP/s: no product over the 0.5 s budget is ever timed; a fast device stops at
     n_max."""
     product_seconds, timed = _device(1)
-    assert benchmark.ceiling_size(product_seconds, n_max=2048) == 512
+    assert ceiling_size(product_seconds, n_max=2048) == 512
     assert max(timed) == 512  # 2 x 512^3 at 1 GFLOP/s: 0.27 s; 1024 would take 2.1 s
-    assert benchmark.ceiling_size(_device(100_000)[0], n_max=1024) == 1024
+    assert ceiling_size(_device(100_000)[0], n_max=1024) == 1024
