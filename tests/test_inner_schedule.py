@@ -89,24 +89,20 @@ def _experiment(*overrides: str):
     return build(cfg)
 
 
-@pytest.mark.parametrize(
-    "replacement",
-    [
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="data/tasks.py minibatch_schedule refuses inner_batch > n only with replacement; "
-                "without, it silently repeats examples within a minibatch (reported to the lead)",
-            ),
-        ),
-        True,
-    ],
-    ids=["without", "with"],
-)
+@pytest.mark.parametrize("replacement", [False, True], ids=["without", "with"])
 def test_an_inner_batch_larger_than_the_task_fails_in_one_line_naming_the_knob(replacement):
     """The sine grid holds 50 points: inner_batch=60 cannot be drawn from one task, with replacement or without."""
     exp = _experiment("inner_batch=60", f"replacement={replacement}")
     with pytest.raises(ConfigError, match="inner_batch=60 is invalid") as err:
         outer_step(exp)
     assert "\n" not in str(err.value) and "50" in str(err.value)
+
+
+def test_an_eval_batch_larger_than_the_support_set_cycles_through_it():
+    """At evaluation the official code cycles through the K-shot support set (dataset=omniglot's defaults: eval_batch
+    10 over 5 examples): each minibatch holds every example twice, none three times."""
+    batches = minibatch_schedule(20, 5, 4, 10, gen(), evaluation=True)
+    counts = torch.nn.functional.one_hot(batches, 5).sum(2)
+    assert (counts == 2).all()
+    with pytest.raises(ConfigError, match="inner_batch=10 is invalid: a training task has 5 examples"):
+        minibatch_schedule(20, 5, 4, 10, gen())

@@ -20,7 +20,7 @@ VALID = [
     ("k=1",),
     (OMNI, "k=1"),
     ("inner_batch=1",),
-    ("inner_batch=120",),  # larger than the task's 50 points: the minibatch straddles passes
+    ("inner_batch=50",),  # the whole task in one minibatch: one pass per step
     ("eval_chunk=1",),
     (OMNI, "eval_chunk=1", "transductive=true"),
     ("dtype=float64",),

@@ -101,7 +101,7 @@ class Sine:
         else:
             x_query, y_query = x[:, self.k_shot :], y[:, self.k_shot :]
             support = torch.arange(self.k_shot, device=self.device).expand(num_tasks, -1)
-        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator).to(self.device)
+        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator, evaluation=True).to(self.device)
         return TaskBatch(
             x[rows, support].contiguous(),
             y[rows, support].contiguous(),

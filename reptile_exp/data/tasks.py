@@ -68,15 +68,20 @@ def minibatch_schedule(
     batch: int,
     generator: torch.Generator,
     replacement: bool = False,
+    evaluation: bool = False,
 ) -> Tensor:
     """Indices (num_tasks, steps, batch) of the inner minibatches (REFERENCE.md section 2).
 
     Without replacement (the official `_mini_batches`): cycle through the n examples in passes,
     reshuffling each pass; a minibatch may straddle two passes. With replacement: each minibatch
-    is `batch` distinct examples drawn afresh.
+    is `batch` distinct examples drawn afresh. A training minibatch larger than the task (inner_batch > n)
+    is refused: it would hold repeats; at evaluation an eval_batch above the K-shot support set cycles
+    through it as the official code does (dataset=omniglot's defaults: eval_batch 10, 5 examples).
     """
-    if batch > n and replacement:
-        raise ConfigError(f"inner_batch={batch} is invalid: with replacement it must be <= the task's {n} examples")
+    if batch > n and not evaluation:
+        raise ConfigError(
+            f"inner_batch={batch} is invalid: a training task has {n} examples; choose inner_batch <= {n}"
+        )
     device = generator.device
     if replacement:
         keys = torch.rand(num_tasks, steps, n, generator=generator, device=device)
