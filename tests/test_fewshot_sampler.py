@@ -8,13 +8,25 @@ from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
 NUM_CLASSES, PER_CLASS = 12, 8
 
 
+SPLITS = ("train", "val", "test")
+
+
 def identity_splits(num_classes: int = NUM_CLASSES, per_class: int = PER_CLASS) -> dict[str, FewShotSplit]:
-    """Images whose pixels spell out (class, example): pixel (0, 0) = class id, pixel (0, 1) = example id."""
+    """Images whose pixels spell out (class, example, split): pixel (0, 0) = class id, pixel (0, 1) = example id,
+    pixel (1, 0) = the split's index in SPLITS (the splits' images differ only there)."""
     images = torch.zeros(num_classes, per_class, 1, 2, 2, dtype=torch.uint8)
     images[:, :, 0, 0, 0] = torch.arange(num_classes).unsqueeze(1)
     images[:, :, 0, 0, 1] = torch.arange(per_class)
     names = [f"c{i}" for i in range(num_classes)]
-    return {s: FewShotSplit(images.clone(), names) for s in ("train", "val", "test")}
+    splits = {s: FewShotSplit(images.clone(), names) for s in SPLITS}
+    for i, s in enumerate(SPLITS):
+        splits[s].images[:, :, 0, 1, 0] = i
+    return splits
+
+
+def split_of(x: torch.Tensor) -> set[str]:
+    """The splits the images in (T, n, 1, 2, 2) come from."""
+    return {SPLITS[i] for i in x[..., 0, 1, 0].long().unique().tolist()}
 
 
 def ids(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,6 +66,7 @@ def test_train_tasks(data):
     assert tb.x_query is None and tb.y_query is None
     assert tb.batches.shape == (40, 7, 4) and 0 <= tb.batches.min() and tb.batches.max() < 15
     check_task_structure(tb.x, tb.y, shots=3)
+    assert split_of(tb.x) == {"train"}
 
 
 def test_train_tasks_with_query_shots(data):
@@ -61,6 +74,7 @@ def test_train_tasks_with_query_shots(data):
     assert tb.x_query.shape == (40, 20, 1, 2, 2)
     assert torch.equal(tb.y_query, torch.arange(5).repeat_interleave(4).expand(40, -1))
     check_task_structure(tb.x, tb.y, shots=3, x_query=tb.x_query, query_shots=4)
+    assert split_of(tb.x) == split_of(tb.x_query) == {"train"}
 
 
 def test_eval_tasks_hold_out_one_query_per_class(data):
@@ -69,6 +83,9 @@ def test_eval_tasks_hold_out_one_query_per_class(data):
     assert torch.equal(tb.y_query, torch.arange(5).expand(50, -1))
     assert tb.batches.shape == (50, 9, 3) and 0 <= tb.batches.min() and tb.batches.max() < 10
     check_task_structure(tb.x, tb.y, shots=2, x_query=tb.x_query, query_shots=1)
+    assert split_of(tb.x) == split_of(tb.x_query) == {"test"}
+    val = data.sample_eval(num_tasks=5, steps=1, batch=1, generator=gen(), split="val")
+    assert split_of(val.x) == split_of(val.x_query) == {"val"}
 
 
 def test_labels_follow_a_random_class_order(data):
@@ -77,6 +94,7 @@ def test_labels_follow_a_random_class_order(data):
     sorted_tasks = (cls[:, 1:] > cls[:, :-1]).all(dim=1).float().mean().item()
     assert sorted_tasks < 0.05, "label j must not be the j-th smallest class"
     assert set(cls.flatten().tolist()) == set(range(NUM_CLASSES)), "every class is drawn"
+    assert split_of(tb.x_query) == {"val"}
 
 
 def test_same_seed_same_tasks_different_seed_different_tasks(data):
@@ -119,8 +137,14 @@ def test_sampling_errors(data):
 
 
 def test_to_moves_splits_and_returns_self(data):
+    """Moved to the meta device (a device other than the CPU that every machine has; shapes without data): the
+    splits live there and so do the tasks drawn with a CPU generator."""
     assert data.to("cpu") is data
     assert data.sample_train(2, 1, 1, gen()).x.device.type == "cpu"
+    assert data.to("meta") is data
+    assert {s.images.device.type for s in data.splits.values()} == {"meta"}
+    for tb in (data.sample_train(2, 1, 1, gen()), data.sample_eval(2, 1, 1, gen())):
+        assert {t.device.type for t in (tb.x, tb.y, tb.batches)} == {"meta"}
 
 
 @pytest.mark.cuda

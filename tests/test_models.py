@@ -63,12 +63,20 @@ def test_batchnorm_uses_batch_statistics_in_eval_mode_too():
     assert not torch.allclose(model(x)[:1], model(x[:1].repeat(6, 1, 1, 1))[:1])
 
 
-def test_glorot_uniform_weights_and_zero_biases():
-    model = OmniglotConvNet(5)
-    conv = model[0]
-    bound = (6 / (conv.in_channels * 9 + conv.out_channels * 9)) ** 0.5
-    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.8 * bound
-    assert torch.count_nonzero(conv.bias) == 0
+@pytest.mark.parametrize(
+    "make,layers", [(MLP, 3), (OmniglotConvNet, 5), (MiniImageNetConvNet, 5)], ids=["mlp", "omniglot", "miniimagenet"]
+)
+def test_glorot_uniform_weights_and_zero_biases(make, layers):
+    """Every conv and linear layer (not only the first): weights within the Glorot bound sqrt(6 / (fan_in + fan_out))
+    and reaching near it (torch's default init has another bound), biases zero."""
+    torch.manual_seed(0)
+    weighted = [m for m in make().modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) == layers
+    for m in weighted:
+        receptive = m.weight[0, 0].numel()  # kernel size (1 for a linear layer)
+        bound = (6 / ((m.weight.shape[0] + m.weight.shape[1]) * receptive)) ** 0.5
+        assert bound * 0.8 < m.weight.abs().max() <= bound, m
+        assert torch.count_nonzero(m.bias) == 0, m
 
 
 @pytest.mark.parametrize(

@@ -108,16 +108,30 @@ def test_val_characters_come_from_the_end_of_train_unrotated(root, pngs):
     assert ds.splits["train"].class_names[::4] == [f"{n}/rot0" for n in train[:24]]
     assert ds.splits["test"].class_names == test
     assert ds.splits["val"].images.shape == (6, 20, 1, 28, 28)
+    for i in (0, 5):  # the characters' drawings as decoded, not rotated
+        for j in (0, 13):
+            png = drawings_of(pngs, train[24 + i])[j]
+            assert np.array_equal(ds.splits["val"].images[i, j, 0].numpy(), reference_pixels(png))
     with pytest.raises(ValueError, match="dataset.val_characters"):
         SmallOmniglot(str(root), val_characters=30)
 
 
 def test_sampled_tasks_use_the_omniglot_splits(root):
+    """Training tasks are images of the (rotated) train split, evaluation tasks (the default split) of the test
+    split, none of the other's."""
     ds = SmallOmniglot(str(root), n_way=5, k_shot=1, train_shots=10)
+
+    def images(x: torch.Tensor) -> list[bytes]:
+        return [img.to(torch.uint8).numpy().tobytes() for img in x.reshape(-1, 28, 28)]
+
+    train, test = (set(images(ds.splits[s].images)) for s in ("train", "test"))
+    assert not train & test
     tb = ds.sample_train(3, 5, 10, torch.Generator().manual_seed(0))
     assert tb.x.shape == (3, 50, 1, 28, 28) and set(tb.x.unique().tolist()) == {0.0, 1.0}
+    assert set(images(tb.x)) <= train
     tb = ds.sample_eval(3, 50, 5, torch.Generator().manual_seed(0))
     assert tb.x.shape == (3, 5, 1, 28, 28) and tb.x_query.shape == (3, 5, 1, 28, 28)
+    assert set(images(tb.x)) | set(images(tb.x_query)) <= test
 
 
 def test_cache_is_reused_without_decoding(root, monkeypatch):

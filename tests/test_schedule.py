@@ -35,6 +35,8 @@ def test_lambdalr_steps_through_the_schedule():
 
 
 def test_schedule_survives_state_dict_round_trip():
+    """Restored after 4 of 10 iterations into a scheduler built with another schedule, it goes on as the original
+    would have: through the rest of the schedule, to eps_final at the end and staying there."""
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, LinearAnneal(1.0, 0.0, 10))
@@ -45,6 +47,10 @@ def test_schedule_survives_state_dict_round_trip():
     sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, LinearAnneal(5.0, 5.0, 999))
     sched2.load_state_dict(sched.state_dict())
     opt2.load_state_dict(opt.state_dict())
-    opt2.step()
-    sched2.step()
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+    seen = []
+    for _ in range(4, 13):
+        opt2.step()
+        sched2.step()
+        seen.append(opt2.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(0.5, rel=1e-12)
+    assert seen == pytest.approx([expected(min(i, 10), 1.0, 0.0, 10) for i in range(5, 14)], rel=1e-12, abs=1e-15)

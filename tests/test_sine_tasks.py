@@ -53,6 +53,10 @@ def test_grid_training_tasks_pass_over_the_50_grid_points():
     tasks = Sine().sample_train(TASKS, 5, 10, gen())
     assert tasks.x.shape == (TASKS, 50, 1) and tasks.y.shape == (TASKS, 50, 1) and tasks.x_query is None
     assert torch.equal(tasks.x, GRID.view(1, 50, 1).expand(TASKS, -1, -1))
+    # 5 steps of 10: one pass over the 50 points, in a new order per task
+    assert tasks.batches.shape == (TASKS, 5, 10)
+    assert (tasks.batches.flatten(1).sort(-1).values == torch.arange(50)).all(), "every grid point once"
+    assert len({tuple(b.flatten().tolist()) for b in tasks.batches}) > 0.99 * TASKS, "shuffled per task"
     a, b = curves(tasks.x, tasks.y)
     assert_uniform(a, 0.1, 5.0)
     assert_uniform(b, 0.0, 2 * math.pi)
@@ -85,7 +89,7 @@ def test_grid_training_tasks_hold_query_points_out_of_the_inner_loop():
     assert tasks.x.shape == (TASKS, 40, 1) and tasks.x_query.shape == (TASKS, 10, 1)
     every = torch.cat([on_grid(tasks.x), on_grid(tasks.x_query)], dim=1).sort(dim=1).values
     assert (every == torch.arange(50)).all(), "support and queries are disjoint and together the grid"
-    assert tasks.batches.max() < 40
+    assert (tasks.batches.flatten(1).sort(-1).values == torch.arange(40)).all(), "4 steps of 10: one pass, all 40"
     curves(torch.cat([tasks.x, tasks.x_query], 1), torch.cat([tasks.y, tasks.y_query], 1))
 
 
