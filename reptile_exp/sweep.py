@@ -47,7 +47,9 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     summary, error = job_dir / "summary.json", job_dir / "error.txt"
     if summary.exists():
         s = json.loads(summary.read_text())
-        row.update(status="finished", objective_name=s["objective_name"], objective=s["objective"])
+        row.update(
+            status="finished", objective_name=s["objective_name"], objective=float(s["objective"])
+        )  # "nan": diverged
         for split, result in s["results"].items():
             row.update({f"{split}/{k}": v for k, v in result.items() if not isinstance(v, (list, dict))})
         row.update(iteration=s["iterations"], seconds=round(s["seconds"], 1))
@@ -132,7 +134,7 @@ def _number(value: str) -> float | None:
 
 def plot(rows: list[dict], swept: list[str], path: Path) -> Path | None:
     """The objective (with its 95% CI) against one swept knob, one line per value of a second one."""
-    done = [r for r in rows if r["status"] == "finished"]
+    done = [r for r in rows if r["status"] == "finished" and math.isfinite(r["objective"])]
     if not done or not 1 <= len(swept) <= 2:
         return None
     from .plots import pyplot  # imports torch: only when there is a figure to draw

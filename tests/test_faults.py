@@ -5,6 +5,7 @@ Nothing already written may be lost, and a resumed run must end exactly where an
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -165,6 +166,39 @@ def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_pa
     sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     assert "diverged at iteration" in (sweep / "0" / "error.txt").read_text()
     assert (sweep / "1" / "summary.json").exists(), proc.stderr
+
+
+def test_a_non_finite_objective_reaches_the_sweeper_as_the_penalty_and_the_sweep_summary_shows_it(tmp_path):
+    """Training stays finite (k=1) but the evaluation's 60 steps at inner_lr=1 diverge: the job finishes with a NaN
+    test MSE, the sweeper gets the finite penalty instead (a NaN would stop an Optuna search), and the sweep's summary
+    is still written, the job's objective shown as nan and the other job best."""
+    returns = tmp_path / "returns.jsonl"
+    proc = run_train(
+        tmp_path,
+        "inner_lr=1.0,0.02",
+        "debug=smoke",
+        "k=1",
+        "k_eval=60",
+        "+hydra.callbacks.record._target_=test_faults.RecordReturns",
+        f"+hydra.callbacks.record.path={returns}",
+        multirun=True,
+        PYTHONPATH=str(ROOT / "tests"),
+    )
+    values = {r["overrides"][0]: r["value"] for r in map(json.loads, returns.read_text().splitlines())}
+    assert values["inner_lr=1.0"] == 1e6 and 0 < values["inner_lr=0.02"] < 1e6
+    assert "objective nan is not finite; the sweeper gets 1000000.0" in proc.stderr + proc.stdout
+    sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
+    assert json.loads((sweep / "0" / "summary.json").read_text())["objective"] == "nan"
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [(r["inner_lr"], r["status"], r["objective"] == "nan") for r in rows] == [
+        ("1.0", "finished", True),
+        ("0.02", "finished", False),
+    ]
+    assert (
+        "Best test/mse: " in (sweep / "sweep_summary.md").read_text()
+        and "(job 1 `inner_lr=0.02`)" in (sweep / "sweep_summary.md").read_text()
+    )
+    assert "Callback SweepSummary.on_multirun_end raised" not in proc.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
