@@ -9,12 +9,17 @@ import sys
 
 import pytest
 import torch
+import torch._dynamo
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import reptile_exp.meta.learner as learner_module
 from reptile_exp.config import ConfigError
 from reptile_exp.experiment import build
+from reptile_exp.meta.learner import Learner
+from reptile_exp.models import task_batchable
 from reptile_exp.report import eval_chunk, evaluate_split
 from reptile_exp.train import outer_step
 
@@ -105,6 +110,140 @@ def test_in_place_inner_updates_give_the_functional_phi_and_state(inner):
     assert len(flat(fused.inner_state)) == (2 * len(phi0) if inner == "adam" else 0)
     for a, b in zip(flat(fused.inner_state), flat(functional.inner_state)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # the biases: moments of rounding noise
+
+
+# Each fast path switches on when asked (issue 13): a fast path that fell back to the plain path would give the
+# plain phi and pass the tests above, so these watch the switch itself during one real outer step.
+
+ATEN = torch.ops.aten
+MATMULS = {ATEN.mm, ATEN.addmm, ATEN.bmm, ATEN.baddbmm, ATEN.convolution}
+
+
+class _MatmulDtypes(TorchDispatchMode):
+    """The dtypes of the outputs of the matmuls and convolutions that run (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in MATMULS:
+            self.dtypes.add(out.dtype)
+        return out
+
+
+def _calls(monkeypatch, owner, name: str) -> list:
+    """Wraps owner.name (a class's function or an object's method) so that each call appends its arguments."""
+    calls, original = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "preset,grouped",
+    [(SINE, "true"), (SINE, "false"), (OMNIGLOT, "true")],  # the conv net under vmap: 5 s more, nothing new
+    ids=["grouped-sine", "vmap-sine", "grouped-omniglot"],
+)
+def test_bf16_runs_the_inner_steps_matmuls_in_bfloat16_under_autocast(preset, grouped):
+    """precision=bf16: the inner steps' linear layers and convolutions compute in bfloat16 (autocast), in the
+    grouped path and under vmap; precision=highest: in float32. (On a CPU without bfloat16 instructions oneDNN
+    emulates them: slower, same dtypes.)"""
+    dtypes = {}
+    for precision in ("highest", "bf16"):
+        exp = _experiment(*preset, "device=cpu", f"grouped_tasks={grouped}", f"precision={precision}")
+        with _MatmulDtypes() as seen:
+            outer_step(exp)
+        dtypes[precision] = seen.dtypes
+    assert dtypes == {"highest": {torch.float32}, "bf16": {torch.bfloat16}}
+
+
+@pytest.mark.parametrize("compile", ["none", "inductor"])
+def test_compile_inductor_runs_every_inner_step_as_the_compiled_graph(compile):
+    """compile=inductor: after the first outer step (which compiles the inner step's gradient) each of the k inner
+    steps runs the compiled region, as the profiler records it; compile=none compiles and runs nothing compiled.
+    (The sine model: compiling it took 54 s on 2 shared cores with an empty inductor cache, 4 s from the cache;
+    the conv net takes minutes.)"""
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    exp = _experiment(*SINE, "device=cpu", f"compile={compile}")
+    outer_step(exp)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        outer_step(exp)
+    regions = [e.name for e in prof.events() if e.name.startswith("Torch-Compiled Region")]
+    if compile == "none":
+        assert not counters["frames"] and not counters["stats"] and regions == []
+    else:  # (a process that compiled this step before, e.g. for the inductor test above, reuses that graph)
+        k = exp.cfg.k
+        assert len(regions) == k, regions
+
+
+@pytest.mark.parametrize(
+    "overrides,grouped_steps,vmapped_calls",
+    [
+        ([*SINE, "grouped_tasks=true"], 5, 0),
+        ([*SINE, "grouped_tasks=false"], 0, 5),
+        ([*OMNIGLOT, "grouped_tasks=true"], 2, 0),
+        ([*OMNIGLOT, "grouped_tasks=false"], 0, 2),
+        (["experiment=sine_maml", "meta_batch=4", "grouped_tasks=true"], 0, 5 + 1),  # + the query loss
+        (["experiment=sine_maml", "meta_batch=4", "algorithm.first_order=true"], 5, 1),
+    ],
+    ids=["grouped-sine", "vmap-sine", "grouped-omniglot", "vmap-omniglot", "maml-second-order", "maml-first-order"],
+)
+def test_grouped_tasks_takes_the_grouped_path_except_where_maml_differentiates_twice(
+    monkeypatch, overrides, grouped_steps, vmapped_calls
+):
+    """Calls of models.forward_tasks (all tasks as one model) and of the one-task Learner.forward (run under vmap)
+    in one outer step of k inner steps: grouped_tasks=true runs every inner step grouped, grouped_tasks=false
+    under vmap, and second-order MAML, which differentiates through the inner loop, under vmap whatever the knob
+    (first-order MAML does not: grouped inner steps, vmap for the query loss only)."""
+    grouped = _calls(monkeypatch, learner_module, "forward_tasks")
+    vmapped = _calls(monkeypatch, Learner, "forward")
+    exp = _experiment(*overrides, "device=cpu")
+    outer_step(exp)
+    assert (len(grouped), len(vmapped)) == (grouped_steps, vmapped_calls)
+
+
+def test_a_model_forward_tasks_does_not_know_falls_back_to_vmap(monkeypatch):
+    """A layer outside models.forward_tasks' list (here nn.Identity after the sine MLP): grouped_tasks=true, as
+    experiment.build passes it, runs the inner steps under vmap."""
+    exp = _experiment(*SINE, "device=cpu")
+    model = torch.nn.Sequential(*exp.learner.model, torch.nn.Identity())  # the same parameters, the same names
+    assert not task_batchable(model) and exp.cfg.grouped_tasks
+    exp.learner = Learner(model, exp.learner.inner_optimizer, "mse", exp.cfg.loss_reduction.value, grouped=True)
+    grouped = _calls(monkeypatch, learner_module, "forward_tasks")
+    vmapped = _calls(monkeypatch, Learner, "forward")
+    outer_step(exp)
+    assert (len(grouped), len(vmapped)) == (0, exp.cfg.k)
+
+
+@pytest.mark.parametrize(
+    "overrides,in_place",
+    [
+        ([*SINE, "fused_inner=true"], True),
+        ([*SINE, "fused_inner=true", "inner_optimizer=adam"], True),
+        ([*SINE, "fused_inner=false"], False),
+        (["experiment=sine_maml", "meta_batch=4", "fused_inner=true"], False),
+    ],
+    ids=["fused-sgd", "fused-adam", "functional", "maml-second-order"],
+)
+def test_fused_inner_steps_the_inner_optimizer_in_place(monkeypatch, overrides, in_place):
+    """fused_inner=true: each of the k inner steps is the optimizer's in-place step_, on the same weight tensors
+    every time; fused_inner=false, or second-order MAML (which differentiates through the steps), the functional
+    step."""
+    exp = _experiment(*overrides, "device=cpu")
+    in_place_steps = _calls(monkeypatch, exp.learner.inner_optimizer, "step_")
+    functional_steps = _calls(monkeypatch, exp.learner.inner_optimizer, "step")
+    outer_step(exp)
+    k = exp.cfg.k
+    assert (len(in_place_steps), len(functional_steps)) == ((k, 0) if in_place else (0, k))
+    weights = {tuple(w.data_ptr() for w in params.values()) for params, _, _ in in_place_steps}
+    assert len(weights) == (1 if in_place else 0)
 
 
 @pytest.mark.cuda
