@@ -29,6 +29,13 @@ def test_float64_runs_end_to_end_on_sine_omniglot_and_maml(tmp_path):
         summary = json.loads((sweep / str(job) / "summary.json").read_text())
         assert summary["iterations"] == 3 and math.isfinite(summary["objective"]), preset
         assert {p.dtype for p in final_phi(sweep / str(job)).values()} == {torch.float64}, preset
+        # debug=smoke: eval_every=3, so one periodic evaluation (iteration 3) and the final one, both finite
+        records = [json.loads(line) for line in (sweep / str(job) / "metrics.jsonl").read_text().splitlines()]
+        periodic = [r for r in records if any(k.startswith("eval/") for k in r)]
+        final = [r for r in records if any(k.startswith("final/") for k in r)]
+        assert [r["iteration"] for r in periodic] == [3] and [r["iteration"] for r in final] == [3], preset
+        values = [v for r in periodic + final for k, v in r.items() if k.startswith(("eval/", "final/"))]
+        assert values and all(isinstance(v, float) and math.isfinite(v) for v in values), preset
 
 
 def test_the_evaluation_chunk_counts_the_dtypes_element_size():

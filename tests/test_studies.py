@@ -4,9 +4,11 @@ figures."""
 
 import csv
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, run_train
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -118,6 +120,12 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
         (a, k) for a in ("fomaml", "maml", "reptile") for k in ("1", "2")
     ]
     assert all(r["metric"] == "mse" and float(r["value"]) > 0 for r in table)
+    for r in table:  # each row is its own job's result: its knobs, its final test MSE and MSE after 0 steps
+        job = sweep / r["job"]
+        overrides = set(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        assert {f"algorithm={r['algorithm']}", f"k={r['k']}"} <= overrides
+        result = json.loads((job / "summary.json").read_text())["results"]["test"]
+        assert (float(r["value"]), float(r["mse_after_0"])) == (result["mse"], result["mse_curve"][0]), r["label"]
     assert {r["label"] for r in table} >= {"algorithm=maml,k=2", "algorithm=reptile,k=1"}
     assert "MSE after 0" in out and (tmp_path / "k.png").exists()
     study(capsys, str(sweep), "--plot", "steps")  # default output next to the sweep
