@@ -25,6 +25,7 @@ from .config import ReptileExpError
 from .config_checks import composition_error
 from .report import penalty
 from .signals import Interrupted, redeliver
+from .tracking import shut_down
 
 log = logging.getLogger("reptile_exp")
 
@@ -58,6 +59,7 @@ def _hydra_main(cfg: DictConfig) -> float:
         objective = run(cfg, out_dir)
     except Interrupted as e:
         log.warning("%s", e)
+        shut_down()
         redeliver(e.signum)
     except Exception as e:
         message = user_error(e)

@@ -12,6 +12,7 @@ import logging
 import math
 import netrc
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,11 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=0 if exc_type is None else 1)
             self.run = None
+
+
+def shut_down() -> None:
+    """Stop W&B's service so it writes out what it holds (the offline run's exit record). Its atexit hook does this
+    on a normal exit; a re-delivered SIGTERM ends the process without running atexit hooks."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        wandb.teardown()
