@@ -2,7 +2,6 @@
 eval_memory_mb, and scripts/benchmark.py runs. Each fast path is compared with the plain path on the same tasks
 from the same phi after a few outer iterations of the real training step (train.outer_step)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,14 +17,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import reptile_exp.meta.learner as learner_module
 from reptile_exp.config import ConfigError
 from reptile_exp.experiment import build
+from reptile_exp.measure import peak_memory_mb
 from reptile_exp.meta.learner import Learner
 from reptile_exp.models import task_batchable
 from reptile_exp.report import eval_chunk, evaluate_split
 from reptile_exp.train import outer_step
-
-SPEC = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-benchmark = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(benchmark)
 
 # Omniglot 5-way preset on synthetic images, fewer inner steps and tasks so a test takes seconds. The phi
 # comparisons use inner SGD: inner Adam's first steps move every weight by about +-lr whatever the gradient's size,
@@ -323,7 +319,7 @@ def test_an_evaluation_chunk_stays_within_eval_memory_mb(budget_mb):
     exp = _experiment(*OMNIGLOT, "device=cpu", f"eval_memory_mb={budget_mb}")
     chunk = eval_chunk(exp, 1000)
     assert chunk > 1
-    peak = benchmark.peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device)
+    peak = peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device)
     assert budget_mb / 4 < peak <= budget_mb
 
 
@@ -334,7 +330,7 @@ def test_an_evaluation_chunk_stays_within_eval_memory_mb_on_cuda(budget_mb):
     exp = _experiment(*OMNIGLOT, "device=cuda", f"eval_memory_mb={budget_mb}")
     chunk = eval_chunk(exp, 100_000)
     assert chunk > 1
-    assert benchmark.peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device) <= budget_mb
+    assert peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device) <= budget_mb
 
 
 @pytest.mark.parametrize("override", ["compile=cudagraphs", "precision=tf32"])
