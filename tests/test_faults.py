@@ -147,23 +147,26 @@ def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_fails_wandb
     assert exit_code(next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
 
 
-def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_path):
+def _sweep(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """A multirun from the command line: its process, what the sweeper got per job (first override -> value) and the
+    sweep dir."""
     returns = tmp_path / "returns.jsonl"
     proc = run_train(
         tmp_path,
-        "inner_lr=0.3,0.02",
-        "iterations=20",
-        *DIVERGING,
-        "logger.mode=disabled",
+        *overrides,
         "+hydra.callbacks.record._target_=test_faults.RecordReturns",
         f"+hydra.callbacks.record.path={returns}",
         multirun=True,
         PYTHONPATH=str(ROOT / "tests"),
     )
     values = {r["overrides"][0]: r["value"] for r in map(json.loads, returns.read_text().splitlines())}
+    return proc, values, next((tmp_path / "outputs" / "multiruns").iterdir())
+
+
+def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_path):
+    proc, values, sweep = _sweep(tmp_path, "inner_lr=0.3,0.02", "iterations=20", *DIVERGING, "logger.mode=disabled")
     assert values["inner_lr=0.3"] == 1e6  # the worst MSE a sweeper can see, not NaN
     assert 0 < values["inner_lr=0.02"] < 1e6
-    sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     assert "diverged at iteration" in (sweep / "0" / "error.txt").read_text()
     assert (sweep / "1" / "summary.json").exists(), proc.stderr
 
@@ -172,22 +175,9 @@ def test_a_non_finite_objective_reaches_the_sweeper_as_the_penalty_and_the_sweep
     """Training stays finite (k=1) but the evaluation's 60 steps at inner_lr=1 diverge: the job finishes with a NaN
     test MSE, the sweeper gets the finite penalty instead (a NaN would stop an Optuna search), and the sweep's summary
     is still written, the job's objective shown as nan and the other job best."""
-    returns = tmp_path / "returns.jsonl"
-    proc = run_train(
-        tmp_path,
-        "inner_lr=1.0,0.02",
-        "debug=smoke",
-        "k=1",
-        "k_eval=60",
-        "+hydra.callbacks.record._target_=test_faults.RecordReturns",
-        f"+hydra.callbacks.record.path={returns}",
-        multirun=True,
-        PYTHONPATH=str(ROOT / "tests"),
-    )
-    values = {r["overrides"][0]: r["value"] for r in map(json.loads, returns.read_text().splitlines())}
+    proc, values, sweep = _sweep(tmp_path, "inner_lr=1.0,0.02", "debug=smoke", "k=1", "k_eval=60")
     assert values["inner_lr=1.0"] == 1e6 and 0 < values["inner_lr=0.02"] < 1e6
     assert "objective nan is not finite; the sweeper gets 1000000.0" in proc.stderr + proc.stdout
-    sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     assert json.loads((sweep / "0" / "summary.json").read_text())["objective"] == "nan"
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert [(r["inner_lr"], r["status"], r["objective"] == "nan") for r in rows] == [
