@@ -107,7 +107,8 @@ class FewShotClassification:
         x = self._draw(split, num_tasks, self.k_shot + 1, generator)
         x_support, y_support = self._flatten(x[:, :, : self.k_shot])
         x_query, y_query = self._flatten(x[:, :, self.k_shot :])
-        batches = minibatch_schedule(num_tasks, self.n_way * self.k_shot, steps, batch, generator).to(x.device)
+        batches = minibatch_schedule(num_tasks, self.n_way * self.k_shot, steps, batch, generator, evaluation=True)
+        batches = batches.to(x.device)
         return TaskBatch(x_support, y_support, batches, x_query, y_query)
 
     def _check(self, split: str, shots: int, key: str, asked: str) -> None:
