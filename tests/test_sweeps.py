@@ -100,7 +100,10 @@ def test_summary_script_rewrites_the_summary_of_a_sweep_dir(basic_sweep, tmp_pat
     out = subprocess.run([*script, str(sweep)], cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (sweep / "sweep_summary.csv").read_text() == (basic_sweep / "sweep_summary.csv").read_text()
-    assert (sweep / "sweep_summary.png").exists()
+    title = f"# Sweep {basic_sweep.name}\n"  # the dir's name; the rest is the table the sweep wrote
+    md = (basic_sweep / "sweep_summary.md").read_text()
+    assert md.startswith(title) and (sweep / "sweep_summary.md").read_text() == md.replace(title, "# Sweep copy\n", 1)
+    assert (sweep / "sweep_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = tmp_path / "empty"
     empty.mkdir()
     bad = subprocess.run([*script, str(empty)], cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
