@@ -301,7 +301,7 @@ def test_evaluation_reads_values_back_once_per_evaluation_not_per_step_or_chunk(
 def test_training_and_evaluation_chunks_never_synchronise_on_cuda():
     exp = _experiment(*OMNIGLOT, "device=cuda")
     outer_step(exp)
-    tasks = exp.dataset.sample_eval(4, 3, 5, torch.Generator(device="cuda").manual_seed(0))
+    tasks = exp.dataset.sample_eval(4, 3, 5, torch.Generator().manual_seed(0))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
