@@ -1,0 +1,145 @@
+"""A run dir's test results read back, one entry per evaluation protocol, with how its phi was trained.
+
+Reads training runs (summary.json), evaluate-only runs (evaluation.json: the training schedule then comes from
+the evaluated checkpoint's run dir) and legacy runs written before `protocols` existed (one protocol, from
+config.yaml's knobs). scripts/paper_table.py sets these beside the paper's Tables 1 and 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+RESULT_FILES = ("summary.json", "evaluation.json")
+
+
+@dataclass
+class Entry:
+    """One protocol's test result from one run dir, with how that run was trained."""
+
+    run: Path
+    dataset: str
+    algorithm: str
+    n_way: int
+    k_shot: int
+    transductive: bool
+    eval_batch: int
+    k_eval: int
+    seed: int
+    accuracy: float  # fraction
+    ci95: float
+    tasks: int
+    iterations: int  # outer iterations the evaluated phi was trained for
+    training: dict  # the training run's config (or this run's when the checkpoint's run is not found)
+    train_seconds: float | None
+    train_seconds_note: str
+    eval_seconds: float | None
+    device: str
+    synthetic: bool  # trained or evaluated on random images (synthetic_data=true, debug=smoke)
+
+
+def run_dirs(path: Path) -> list[Path]:
+    """`path` itself when it holds results, else the run dirs below it (a sweep or parent dir)."""
+    if any((path / f).exists() for f in RESULT_FILES):
+        return [path]
+    return sorted({p.parent for f in RESULT_FILES for p in path.glob(f"**/{f}")})
+
+
+def option_name(target: str) -> str:
+    """reptile_exp.data.omniglot.Omniglot -> omniglot; reptile_exp.meta.algorithms.FOMAML -> fomaml."""
+    return target.split(".")[-2 if ".data." in target else -1].lower()
+
+
+def checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
+    """The run dir of the evaluated checkpoint (<run>/checkpoints/ckpt-*.pt): absolute, or relative to the
+    directory the evaluation was launched from (a parent of `run`)."""
+    if not checkpoint:
+        return None
+    path = Path(checkpoint)
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, *(p / path for p in run.resolve().parents)]
+    for c in candidates:
+        if c.exists():
+            c = c.parent if c.is_file() else c
+            return c.parent if c.name == "checkpoints" else c
+    return None
+
+
+def training_time(run: Path) -> tuple[float | None, str]:
+    """A training run's wall time: summed from metrics.jsonl's speeds (periodic evaluations included, the final
+    evaluation not), else its summary.json's seconds (with the final evaluation)."""
+    metrics, total, previous = run / "metrics.jsonl", 0.0, 0
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        r = json.loads(line)
+        if "train/iters_per_s" in r:
+            total += (r["iteration"] - previous) / r["train/iters_per_s"]
+            previous = r["iteration"]
+    if previous:
+        return total, ""
+    summary = run / "summary.json"
+    if summary.exists():
+        return json.loads(summary.read_text())["seconds"], " (with its final evaluation)"
+    return None, ""
+
+
+def entries(run: Path) -> list[Entry]:
+    """Every protocol's test result of a run dir (legacy runs: one, from config.yaml's knobs)."""
+    result_file = next(run / f for f in RESULT_FILES if (run / f).exists())
+    result = json.loads(result_file.read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    training, train_seconds, note = cfg, None, ""
+    if result_file.name == "evaluation.json":
+        source = checkpoint_run(run, result.get("checkpoint"))
+        if source is not None and (source / "config.yaml").exists():
+            training = yaml.safe_load((source / "config.yaml").read_text())
+            train_seconds, note = training_time(source)
+        else:
+            note = " (the checkpoint's run dir was not found)"
+    else:
+        train_seconds, note = training_time(run)
+    if training["algorithm"]["_target_"].endswith("MAML") and training["algorithm"].get("first_order"):
+        algorithm = "fomaml"
+    else:
+        algorithm = option_name(training["algorithm"]["_target_"])
+    protocols = result.get("protocols") or {
+        "default": {
+            **result["results"],
+            "k_shot": cfg["dataset"]["k_shot"],
+            "transductive": cfg["transductive"],
+            "eval_batch": cfg["eval_batch"],
+            "k_eval": cfg["k_eval"],
+        }
+    }
+    found = []
+    for protocol in protocols.values():
+        test = protocol.get("test")
+        if test is None or "accuracy" not in test:
+            continue
+        found.append(
+            Entry(
+                run=run,
+                dataset=option_name(cfg["dataset"]["_target_"]),
+                algorithm=algorithm,
+                n_way=cfg["dataset"]["n_way"],
+                k_shot=protocol["k_shot"],
+                transductive=protocol["transductive"],
+                eval_batch=protocol["eval_batch"],
+                k_eval=protocol["k_eval"],
+                seed=cfg["seed"],
+                accuracy=test["accuracy"],
+                ci95=test["accuracy_ci95"],
+                tasks=cfg["eval_tasks"],
+                iterations=result["iterations"],
+                training=training,
+                train_seconds=train_seconds,
+                train_seconds_note=note,
+                eval_seconds=protocol.get(
+                    "seconds", result["seconds"] if result_file.name == "evaluation.json" else None
+                ),
+                synthetic=bool(cfg.get("synthetic_data") or training.get("synthetic_data")),
+                device=f"{result['device']} (threads={cfg.get('threads', 0) or 'default'})",
+            )
+        )
+    return found
