@@ -48,12 +48,12 @@ def run_dirs(path: Path) -> list[Path]:
     return sorted({p.parent for f in RESULT_FILES for p in path.glob(f"**/{f}")})
 
 
-def option_name(target: str) -> str:
+def _option_name(target: str) -> str:
     """reptile_exp.data.omniglot.Omniglot -> omniglot; reptile_exp.meta.algorithms.FOMAML -> fomaml."""
     return target.split(".")[-2 if ".data." in target else -1].lower()
 
 
-def checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
+def _checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
     """The run dir of the evaluated checkpoint (<run>/checkpoints/ckpt-*.pt): absolute, or relative to the
     directory the evaluation was launched from (a parent of `run`)."""
     if not checkpoint:
@@ -67,7 +67,7 @@ def checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
     return None
 
 
-def training_time(run: Path) -> tuple[float | None, str]:
+def _training_time(run: Path) -> tuple[float | None, str]:
     """A training run's wall time: summed from metrics.jsonl's speeds (periodic evaluations included, the final
     evaluation not), else its summary.json's seconds (with the final evaluation)."""
     metrics, total, previous = run / "metrics.jsonl", 0.0, 0
@@ -91,18 +91,18 @@ def entries(run: Path) -> list[Entry]:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     training, train_seconds, note = cfg, None, ""
     if result_file.name == "evaluation.json":
-        source = checkpoint_run(run, result.get("checkpoint"))
+        source = _checkpoint_run(run, result.get("checkpoint"))
         if source is not None and (source / "config.yaml").exists():
             training = yaml.safe_load((source / "config.yaml").read_text())
-            train_seconds, note = training_time(source)
+            train_seconds, note = _training_time(source)
         else:
             note = " (the checkpoint's run dir was not found)"
     else:
-        train_seconds, note = training_time(run)
+        train_seconds, note = _training_time(run)
     if training["algorithm"]["_target_"].endswith("MAML") and training["algorithm"].get("first_order"):
         algorithm = "fomaml"
     else:
-        algorithm = option_name(training["algorithm"]["_target_"])
+        algorithm = _option_name(training["algorithm"]["_target_"])
     protocols = result.get("protocols") or {
         "default": {
             **result["results"],
@@ -120,7 +120,7 @@ def entries(run: Path) -> list[Entry]:
         found.append(
             Entry(
                 run=run,
-                dataset=option_name(cfg["dataset"]["_target_"]),
+                dataset=_option_name(cfg["dataset"]["_target_"]),
                 algorithm=algorithm,
                 n_way=cfg["dataset"]["n_way"],
                 k_shot=protocol["k_shot"],
