@@ -4,6 +4,7 @@ taken between device syncs."""
 
 from __future__ import annotations
 
+import resource
 import time
 
 import torch
@@ -77,6 +78,14 @@ def ceiling_size(product_seconds, n_max: int, budget_s: float = 0.5, n_min: int 
         n *= 2
         seconds_n = product_seconds(n)
     return n
+
+
+def run_peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory so far, in MiB: on CUDA the caching allocator's peak of tensor memory on the device,
+    on the CPU the process's peak resident set (tensors, the interpreter and the libraries)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n_max: int, repeats: int) -> float:

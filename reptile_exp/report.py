@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import plots, protocols
 from .evaluate import chunk_size, evaluate_modes
 from .experiment import Experiment
+from .measure import run_peak_memory_mb
 from .protocols import Protocol
 from .signals import Interrupted, StopSignals
 from .tracking import Tracker
@@ -175,9 +176,9 @@ def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: Sto
 
 def summary(exp: Experiment, tracker: Tracker, results: dict, start: float, checkpoint: Path | None) -> dict:
     """What a finished run reports (summary.json): the objective (the first protocol's), the first protocol's
-    results per split (`results`), every protocol's (`protocols`), iterations, time, device, the evaluated
-    checkpoint. Logs each scalar result as `final/<protocol>/<split>_<key>`, or `final/<split>_<key>` when
-    the run has no protocol list."""
+    results per split (`results`), every protocol's (`protocols`), iterations, time, device, peak memory
+    (measure.run_peak_memory_mb), the evaluated checkpoint. Logs each scalar result as
+    `final/<protocol>/<split>_<key>`, or `final/<split>_<key>` when the run has no protocol list."""
     cfg, metric = exp.cfg, metric_name(exp.dataset)
     first = next(iter(results.values()))
     tracker.log(
@@ -198,6 +199,7 @@ def summary(exp: Experiment, tracker: Tracker, results: dict, start: float, chec
         "iterations": exp.iteration,
         "seconds": time.time() - start,
         "device": str(exp.device),
+        "peak_memory_mb": run_peak_memory_mb(exp.device),
         "results": {split: first[split] for split in cfg.eval_splits},
         "protocols": results,
         "checkpoint": None if checkpoint is None else str(checkpoint),

@@ -15,7 +15,8 @@ useful FLOPs of the serial reference's step, counted by torch.utils.flop_counter
 machine's measured matmul GFLOP/s, peak tensor memory (CUDA: max_memory_allocated; CPU: the profiler's allocation
 events), the evaluation chunk against eval_memory_mb, where one training step's time goes (--profile 0 skips it)
 and, with --op-profile N, which operators take one plain evaluation of N tasks. A human table first, then one
-JSON line, the last line of stdout.
+JSON line, the last line of stdout
+(and, with --json-out FILE, the same report in FILE).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
-from reptile_exp.experiment import build
+from reptile_exp.atomic import atomic_write_text
+from reptile_exp.experiment import build, set_deterministic
 from reptile_exp.measure import flops, matmul_gflops, peak_memory_mb, rate, seconds, sync
 from reptile_exp.meta.learner import Learner, set_precision
 from reptile_exp.meta.reference import SerialReptile
@@ -54,6 +56,7 @@ FAST_PATHS = {  # variant part -> overrides; a variant joins parts with "+": cud
     "cudagraphs": ["compile=cudagraphs"],
     "tf32": ["precision=tf32"],
     "bf16": ["precision=bf16"],
+    "deterministic": ["deterministic=true"],
 }
 DEFAULT_VARIANTS = {
     "cpu": ["plain", "bf16", "inductor", "inductor+bf16"],
@@ -152,18 +155,23 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
     }
     serial = Serial(plain_cfg)
     eval_tasks, serial_eval_tasks = args.eval_tasks, args.serial_eval_tasks
-    # name -> (outer step, evaluation of n tasks with a seed, precision); precision is process-wide: set per turn
-    contenders = {"serial": (serial.outer_step, serial.evaluate, "highest")}
+    # name -> (outer step, evaluation of n tasks with a seed, settings); precision and deterministic kernels are
+    # process-wide: use(settings) sets them per turn
+    contenders = {"serial": (serial.outer_step, serial.evaluate, ("highest", False))}
     for v, exp in engines.items():
         contenders[v] = (
             lambda exp=exp: outer_step(exp),
             lambda n, seed, exp=exp: evaluate_split(exp, "test", n, seed),
-            exp.cfg.precision.value,
+            (exp.cfg.precision.value, exp.cfg.deterministic),
         )
 
+    def use(settings: tuple[str, bool]) -> None:
+        set_precision(device, settings[0])
+        set_deterministic(settings[1])
+
     print(f"[{preset}] warm-up (torch.compile variants compile now)", file=sys.stderr, flush=True)
-    for name, (step, evaluate, precision) in contenders.items():
-        set_precision(device, precision)
+    for name, (step, evaluate, settings) in contenders.items():
+        use(settings)
         for _ in range(args.warmup):
             step()
         evaluate(1 if name == "serial" else eval_tasks, 1)  # compiled variants compile the evaluation's shapes now
@@ -171,14 +179,14 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
     evaluation = {name: [] for name in contenders}
     for r in range(args.repeats):
         print(f"[{preset}] repeat {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
-        for name, (step, evaluate, precision) in contenders.items():
-            set_precision(device, precision)
+        for name, (step, evaluate, settings) in contenders.items():
+            use(settings)
             train[name].append(rate(step, device, args.min_seconds))
             if r < args.eval_repeats:
                 n = serial_eval_tasks if name == "serial" else eval_tasks
                 evaluation[name].append(seconds(partial(evaluate, n, 2), device) * 1000 / n)
 
-    set_precision(device, "highest")
+    use(("highest", False))
     step_flops = flops(serial.outer_step)
     task_flops = flops(lambda: serial.evaluate(1, 3))
     result = {
@@ -190,8 +198,8 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
         "eval_memory_mb": plain_cfg.eval_memory_mb,
         "contenders": {},
     }
-    for name, (step, evaluate, precision) in contenders.items():
-        set_precision(device, precision)
+    for name, (step, evaluate, settings) in contenders.items():
+        use(settings)
         its, secs = train[name], evaluation[name]
         chunk = 1 if name == "serial" else eval_chunk(engines[name], eval_tasks)
         result["contenders"][name] = {
@@ -207,11 +215,10 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
             "eval_chunk": chunk,
             "eval_peak_mb": peak_memory_mb(partial(evaluate, chunk, 3), device),  # one chunk
         }
+    use(("highest", False))
     if args.profile:
-        set_precision(device, "highest")
         result["profile_s"] = profile_split(build(plain_cfg), args.profile)
     if args.op_profile:
-        set_precision(device, "highest")
         result["eval_ops_tasks"] = args.op_profile
         result["eval_ops_s"] = operator_split(build(plain_cfg), args.op_profile)
     return result
@@ -266,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", type=int, default=3, help="steps of the time split (0: none)")
     parser.add_argument("--op-profile", type=int, default=0, help="tasks of a profiled evaluation (0: none)")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: fewer of everything")
     args = parser.parse_args(argv)
     for v in args.variants or []:
@@ -307,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(table(report))
     print(json.dumps(report), flush=True)
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(report, indent=2) + "\n")
     return report
 
 

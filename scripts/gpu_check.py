@@ -1,13 +1,18 @@
-"""Check a machine's GPU path in one command and write one JSON summary (issue 11).
+"""The GPU day in one command: every GPU step, each in its own time budget, and one JSON summary (issue 19).
 
-    python scripts/gpu_check.py [--out outputs/gpu_check.json] [--budget-s 480]
+    python scripts/gpu_check.py [--out outputs/gpu_check.json] [--budget-s 450] [--only STEP ...]
+    python scripts/gpu_check.py --device cpu --out /tmp/rehearsal.json     # the rehearsal (the suite runs it)
 
-With a CUDA GPU: the cuda-marked tests, a short GPU benchmark (benchmark.py --device cuda --quick, Omniglot),
-a 200-iteration Omniglot smoke run with each fast path (compile=cudagraphs, precision=tf32, precision=bf16,
-deterministic=true) and, with two GPUs visible, one with two ranks (torchrun). Without one: a CPU smoke run, the
-GPU steps skipped with the reason (the fake-CUDA tests, tests/test_fake_cuda.py, run in the normal suite). Every
-step records its status (passed, failed, skipped), seconds, the reason for a skip or the tail of a failure, and
-key figures; steps that would start after --budget-s seconds are skipped. Exits 1 if a step failed, else 0.
+Steps, cheapest first (STEPS): the environment (GPU, memory, driver, torch and CUDA versions, bf16/TF32 support);
+the `cuda`-marked tests; one Omniglot 5-way training run per fast path (plain, cudagraphs, tf32, bf16, inductor,
+deterministic: outer it/s after warm-up, with periodic evaluation and checkpoints off, evaluation seconds per
+1,000 tasks, peak memory); two ranks (torchrun); the side-by-side benchmark (scripts/benchmark.py, x serial).
+
+Each step has a planned budget (PLANS, written to the summary before the step starts): a step the remaining
+budget cannot cover is skipped with the reason; a step that outruns its budget is killed with its whole process
+group (torchrun's ranks too). The summary is rewritten after every step, so a killed check still leaves one.
+`--device cpu` rehearses the same code with sizes cut (SIZES): the CUDA-only fast paths are skipped with the
+reason, everything else runs. Exits 1 if a step failed, else 0. The runbook: docs/benchmarks.md, "GPU day".
 """
 
 from __future__ import annotations
@@ -15,137 +20,388 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import signal
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from reptile_exp.atomic import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ["experiment=omniglot_5w1s", "debug=smoke"]
-FAST_PATHS = ["compile=cudagraphs", "precision=tf32", "precision=bf16", "deterministic=true"]
+FAST_PATHS = {  # name -> overrides of the Omniglot 5-way run (benchmark.py's variant of the same name)
+    "plain": [],
+    "cudagraphs": ["compile=cudagraphs"],
+    "tf32": ["precision=tf32"],
+    "bf16": ["precision=bf16"],
+    "inductor": ["compile=inductor"],
+    "deterministic": ["deterministic=true"],
+}
+CUDA_ONLY = {"cudagraphs", "tf32"}
+CUDA_MARK = "@pytest.mark.cuda"
+EVAL_COLUMN = "eval s/1000 tasks"  # docs/benchmarks.md's CPU tables
 
 
-def run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[bool, str]:
-    """Whether cmd exited 0 within timeout, and the tail of its output."""
+@dataclass(frozen=True)
+class Sizes:
+    """How much each step does on one device: the GPU day's sizes, or the rehearsal's cut ones."""
+
+    preset: list[str]  # the fast-path and two-rank runs
+    iterations: int  # outer iterations per fast-path run, logged every `window` (the first window is warm-up)
+    window: int
+    eval_tasks: int
+    tests: list[str]  # extra pytest arguments of the cuda-tests step
+    benchmark: list[str]  # scripts/benchmark.py's arguments
+    inductor_preset: list[str]  # compile=inductor's run (the rehearsal compiles the small sine model)
+
+
+OMNIGLOT = ["experiment=omniglot_5w1s", "synthetic_data=true"]
+SIZES = {
+    "cuda": Sizes(
+        OMNIGLOT,
+        iterations=400,
+        window=50,
+        eval_tasks=1000,
+        tests=[],
+        benchmark=["--quick", "--presets", "omniglot", "--variants", *FAST_PATHS],
+        inductor_preset=OMNIGLOT,
+    ),
+    "cpu": Sizes(
+        [*OMNIGLOT, "meta_batch=2", "k=2", "k_eval=5"],
+        iterations=8,
+        window=2,
+        eval_tasks=10,
+        tests=["-k", "not inductor"],  # compiling the conv net takes minutes on a CPU (the inductor run rehearses)
+        benchmark=["--quick", "--presets", "omniglot", "--variants", "plain", "deterministic", "--repeats", "1"]
+        + ["--min-seconds", "0.2", "--eval-tasks", "4", "--serial-eval-tasks", "1", "--profile", "0"]
+        + ["--overrides", "meta_batch=2", "k=2", "k_eval=5"],
+        inductor_preset=["experiment=sine_reptile", "meta_batch=2", "k=2", "k_eval=5"],
+    ),
+}
+PLANS = {  # step -> planned seconds (its budget) on a modern GPU, and in the rehearsal on a 2-core CPU
+    "environment": (15, 15),
+    "cuda-tests": (150, 150),
+    **{f"fast:{name}": (75 if name in ("cudagraphs", "inductor") else 35, 100) for name in FAST_PATHS},
+    "two-ranks": (50, 60),
+    "benchmark": (150, 120),
+}
+
+
+class Check:
+    """One run of the check: the steps' results, written to `out` after every change."""
+
+    def __init__(self, device: str, out: Path, work: Path, budget_s: float, plans: dict[str, float]):
+        self.device, self.out, self.work, self.budget_s, self.plans = device, out, work, budget_s, plans
+        self.sizes = SIZES[device]
+        self.start = time.monotonic()
+        self.summary = {
+            "command": " ".join(["python", "scripts/gpu_check.py", *sys.argv[1:]]),
+            "device": device,
+            "rehearsal": device != "cuda",
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "budget_s": budget_s,
+            "steps": {},
+        }
+
+    def left(self) -> float:
+        return self.budget_s - (time.monotonic() - self.start)
+
+    def write(self) -> None:
+        self.summary["seconds"] = round(time.monotonic() - self.start, 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out, json.dumps(self.summary, indent=2) + "\n")
+
+    def step(self, name: str, fn, skip: str | None = None) -> dict:
+        """Run fn(budget) -> (ok, figures) within the step's planned budget, or skip it with the reason."""
+        planned = self.plans[name]
+        record = self.summary["steps"][name] = {"status": "running", "planned_s": planned}
+        if skip is None and self.left() < planned:
+            skip = f"needs its planned {planned:.0f} s, {max(self.left(), 0):.0f} s of the budget left"
+        if skip is not None:
+            record.update(status="skipped", reason=skip)
+            print(f"skipped  {name}: {skip}", flush=True)
+            self.write()
+            return record
+        self.write()
+        t0 = time.monotonic()
+        try:
+            ok, figures = fn(planned)
+        except Exception as e:  # one broken step must not cost the others
+            ok, figures = False, {"error": f"{type(e).__name__}: {e}"}
+        record.update(status="passed" if ok else "failed", seconds=round(time.monotonic() - t0, 1), **figures)
+        print(f"{record['status']:<8} {name} ({record['seconds']} s)", flush=True)
+        self.write()
+        return record
+
+    def command(self, name: str, cmd: list[str], budget: float, env: dict | None = None) -> tuple[int | None, str]:
+        """cmd's exit status (None: killed at the budget, with its whole process group) and its output's tail.
+        The output goes to work/logs/<name>.log."""
+        log = self.work / "logs" / f"{name.replace(':', '-')}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            out = {"stdin": subprocess.DEVNULL, "stdout": f, "stderr": subprocess.STDOUT}
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **out)
+            try:
+                rc = proc.wait(timeout=budget)
+            except subprocess.TimeoutExpired:
+                kill_tree(proc.pid)
+                proc.wait()
+                rc = None
+        return rc, log.read_text(errors="replace")[-2000:]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL pid, its process group and every descendant (Linux /proc): torchrun starts each rank in a session
+    of its own, so a kill of the group alone leaves the ranks running. The tree is stopped first (SIGSTOP), so no
+    process forks a new one while it is collected."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in descendants(pid):
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
     try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and all its descendants, from the parent pids in /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def environment(device: str) -> dict:
+    """The facts the GPU tables need: device, memory, driver, versions, bf16 and TF32 support."""
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model()}
+    facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
         )
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout:.0f} s"
-    return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+        facts |= {
+            "gpu": props.name,
+            "gpus": torch.cuda.device_count(),
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "driver": driver.stdout.strip() or "unknown (nvidia-smi failed)",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "bf16": torch.cuda.is_bf16_supported(),
+            "tf32": props.major >= 8,
+        }
+    else:
+        facts |= {"gpus": 0, "cores": os.cpu_count(), "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported()}
+    return facts
 
 
-def smoke(name: str, overrides: list[str], outputs: Path, timeout: float, launcher: list[str] | None = None) -> dict:
-    """One smoke run of train.py (python -m, or under `launcher`); its objective and seconds from summary.json."""
-    run_dir = outputs / name
-    cmd = [*(launcher or [sys.executable, "-m"]), "reptile_exp.train", *SMOKE, *overrides, f"hydra.run.dir={run_dir}"]
-    ok, tail = run(cmd, timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    result = {"command": " ".join(cmd[cmd.index("reptile_exp.train") :]), "ok": ok}
-    summary = run_dir / "summary.json"
-    if ok and summary.exists():
-        s = json.loads(summary.read_text())
-        result["figures"] = {"objective": s["objective"], "objective_name": s["objective_name"], "run_s": s["seconds"]}
-    elif not ok:
-        result["tail"] = tail
-    return result
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
-def benchmark_figures(output: str) -> dict:
-    """The matmul ceilings and each contender's rates from benchmark.py's last line (its JSON report)."""
-    report = json.loads(output.strip().splitlines()[-1])
-    rates = {
-        f"{preset}/{name}": {k: row[k] for k in ("train_it_s", "train_x_serial", "eval_s_per_1000")}
-        for preset, res in report["presets"].items()
-        for name, row in res["contenders"].items()
+def test_counts(junit: Path) -> dict:
+    """passed, failed, skipped (with the reasons) of a pytest run, from its JUnit XML."""
+    counts, reasons = {"passed": 0, "failed": 0, "skipped": 0}, set()
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if skipped is not None:
+            counts["skipped"] += 1
+            reasons.add(skipped.get("message", ""))
+        elif case.find("failure") is not None or case.find("error") is not None:
+            counts["failed"] += 1
+        else:
+            counts["passed"] += 1
+    return {**counts, "skip_reasons": sorted(reasons)}
+
+
+def cuda_tests(check: Check, budget: float, selection: list[str]) -> tuple[bool, dict]:
+    """The cuda-marked tests on check.device (the rehearsal runs them on the CPU); a run of no test fails. Only the
+    files that hold such tests are collected: the GPU machine need not have what the others import (Optuna)."""
+    junit = check.work / "cuda-tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-n", "0", "-q", "-p", "no:cacheprovider", "-m", "cuda"]
+    env = {**os.environ, "REPTILE_EXP_GPU_TESTS_DEVICE": check.device}
+    files = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py")) if CUDA_MARK in p.read_text()]
+    rc, tail = check.command("cuda-tests", [*cmd, f"--junit-xml={junit}", *selection, *files], budget, env)
+    if rc is None:
+        return False, {"error": f"killed at its {budget:.0f} s budget", "tail": tail}
+    figures = test_counts(junit) if junit.exists() else {"passed": 0, "failed": 0, "skipped": 0}
+    if figures["passed"] + figures["failed"] == 0:
+        return False, {**figures, "error": "ran no test", "tail": tail}
+    ok = rc == 0 and figures["failed"] == 0
+    return ok, figures if ok else {**figures, "tail": tail}
+
+
+def train_run(check: Check, name: str, overrides: list[str], budget: float, launcher: list[str] | None = None):
+    """One training run of train.py with periodic evaluation and checkpoints off; its speed, memory and result."""
+    sizes, run_dir = check.sizes, check.work / "runs" / name.replace(":", "-")
+    cmd = [*(launcher or [sys.executable, "-m"]), "reptile_exp.train", *overrides]
+    cmd += [f"device={check.device}", f"iterations={sizes.iterations}", f"log_every={sizes.window}", "eval_every=0"]
+    cmd += [f"checkpoint_every={sizes.iterations}", f"eval_tasks={sizes.eval_tasks}", "eval_splits=[test]"]
+    cmd += ["logger.mode=disabled", "progress=false", f"hydra.run.dir={run_dir}"]
+    rc, tail = check.command(name, cmd, budget)
+    if rc != 0:
+        return False, {"error": "killed at its budget" if rc is None else f"exit status {rc}", "tail": tail}
+    return True, {"command": " ".join(cmd[cmd.index("reptile_exp.train") :]), **run_figures(run_dir, sizes.eval_tasks)}
+
+
+def run_figures(run_dir: Path, eval_tasks: int) -> dict:
+    """Outer it/s (median over the logged windows after the first, which holds the warm-up and any compiling),
+    evaluation s per 1,000 tasks (its first chunk's warm-up included), peak memory and the objective of a finished
+    run dir."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["train/iters_per_s"] for r in records if "train/iters_per_s" in r][1:]
+    (protocol,) = summary["protocols"].values()
+    return {
+        "train_it_s": statistics.median(rates) if rates else None,
+        "train_windows_timed": len(rates),
+        "eval_s_per_1000": 1000 * protocol["seconds"] / (eval_tasks * len(summary["results"])),
+        "peak_memory_mb": summary["peak_memory_mb"],
+        "objective": summary["objective"],
+        "objective_name": summary["objective_name"],
+        "run_s": round(summary["seconds"], 1),
+        "run_dir": str(run_dir),
     }
-    return {"device": report["device"], "matmul_gflop_s": report["matmul_gflop_s"], "contenders": rates}
 
 
-def steps(gpus: int, outputs: Path) -> list[tuple[str, str | None, callable]]:
-    """(name, reason to skip or None, fn(timeout) -> result dict with "ok") of every step, in order."""
-    no_gpu = None if gpus else "no CUDA GPU visible (torch.cuda.is_available() is False)"
-    python = [sys.executable]
-    out = [
-        ("CPU smoke run", None, lambda t: smoke("cpu", ["device=cpu"], outputs, t)),
-        ("cuda-marked tests", no_gpu, lambda t: _tests(["-m", "cuda", "tests"], t)),
-        ("GPU benchmark --quick", no_gpu, lambda t: _benchmark(python, t)),
-    ]
-    for fast in FAST_PATHS:
-        name = fast.replace("=", "-")
-        out.append(
-            (
-                f"smoke 200 it {fast}",
-                no_gpu,
-                lambda t, f=fast, n=name: smoke(n, ["device=cuda", "iterations=200", f], outputs, t),
-            )
-        )
-    two = no_gpu or (None if gpus >= 2 else f"{gpus} CUDA GPU visible; two ranks need two")
+def two_ranks(check: Check, budget: float) -> tuple[bool, dict]:
+    """The Omniglot run as two ranks (torchrun: NCCL on two GPUs; the rehearsal: gloo on the CPU)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    out.append(
-        (
-            "smoke 200 it two ranks",
-            two,
-            lambda t: smoke("two-ranks", ["device=cuda", "iterations=200"], outputs, t, torchrun),
-        )
-    )
-    return out
+    return train_run(check, "two-ranks", check.sizes.preset, budget, torchrun)
 
 
-def _tests(args: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-n", "0", "-q", "-p", "no:cacheprovider", *args]
-    ok, tail = run(cmd, timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return {"ok": ok, "figures": {"pytest": tail.strip().splitlines()[-1] if tail.strip() else ""}, "tail": tail}
+def benchmark(check: Check, budget: float) -> tuple[bool, dict]:
+    """scripts/benchmark.py side by side (the serial reference and each fast path); its report comes in a file."""
+    report_path = check.work / "benchmark.json"
+    cmd = [sys.executable, "scripts/benchmark.py", "--device", check.device, *check.sizes.benchmark]
+    rc, tail = check.command("benchmark", [*cmd, "--json-out", str(report_path)], budget)
+    if rc != 0:
+        return False, {"error": "killed at its budget" if rc is None else f"exit status {rc}", "tail": tail}
+    report = json.loads(report_path.read_text())
+    keys = ("train_it_s", "train_x_serial", "train_gflop_s", "train_peak_mb")
+    keys += ("eval_s_per_1000", "eval_x_serial", "eval_peak_mb")
+    contenders = {
+        f"{preset}/{name}": {k: row[k] for k in keys}
+        for preset, result in report["presets"].items()
+        for name, row in result["contenders"].items()
+    }
+    return True, {"command": report["command"], "matmul_gflop_s": report["matmul_gflop_s"], "contenders": contenders}
 
 
-def _benchmark(python: list[str], timeout: float) -> dict:
-    cmd = [*python, "scripts/benchmark.py", "--device", "cuda", "--quick", "--presets", "omniglot"]
-    ok, tail = run(cmd, timeout)
-    if not ok:
-        return {"ok": False, "tail": tail}
-    return {"ok": True, "figures": benchmark_figures(tail)}
+def cpu_figures(doc: Path = ROOT / "docs" / "benchmarks.md") -> dict:
+    """Each CPU machine's Omniglot 5-way plain-engine figures in docs/benchmarks.md: {machine heading: {train_it_s,
+    eval_s_per_1000}}, from the first `| engine, plain (defaults) |` row under each `### ` heading of the CPU part."""
+    figures, heading, header = {}, None, []
+    cpu_part = doc.read_text().split("\n## CPU", 1)[-1].split("\n## ", 1)[0]
+    for line in cpu_part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("### "):
+            heading, header = line[4:].strip(), []
+        elif line.startswith("|") and not header:
+            header = cells
+        elif not line.startswith("|"):
+            header = []
+        elif heading and heading not in figures and cells[0] == "engine, plain (defaults)":
+            row = dict(zip(header, cells))
+            figures[heading] = {"train_it_s": float(row["train it/s"]), "eval_s_per_1000": float(row[EVAL_COLUMN])}
+    return figures
+
+
+def comparison(steps: dict, rehearsal: bool) -> dict:
+    """This device's plain Omniglot figures against each CPU of docs/benchmarks.md: x faster in training (it/s
+    ratio) and in evaluation (s per 1,000 tasks, inverse ratio)."""
+    plain = steps.get("fast:plain", {})
+    if plain.get("status") != "passed" or not plain.get("train_it_s"):
+        return {"skipped": "the plain fast-path run has no figures"}
+    return {
+        "note": "the rehearsal's cut sizes: not comparable" if rehearsal else "Omniglot 5-way, fast:plain vs the docs",
+        **{
+            machine: {
+                "train_x": round(plain["train_it_s"] / cpu["train_it_s"], 2),
+                "eval_x": round(cpu["eval_s_per_1000"] / plain["eval_s_per_1000"], 2),
+            }
+            for machine, cpu in cpu_figures().items()
+        },
+    }
+
+
+def fill_x_serial(steps: dict) -> None:
+    """Each fast-path step gets its benchmark ratios against the serial reference, where the benchmark ran it."""
+    contenders = steps.get("benchmark", {}).get("contenders", {})
+    for name in FAST_PATHS:
+        row, step = contenders.get(f"omniglot/{name}"), steps.get(f"fast:{name}")
+        if row and step:
+            step["train_x_serial"], step["eval_x_serial"] = row["train_x_serial"], row["eval_x_serial"]
+
+
+def run_check(check: Check, only: list[str] | None = None) -> dict:
+    """Every step in order (or the `only` ones), then the ratios; returns the summary."""
+    cuda, sizes = check.device == "cuda", check.sizes
+    gpus = torch.cuda.device_count() if cuda else 0
+    steps = [("environment", lambda budget: (True, environment(check.device)), None)]
+    steps.append(("cuda-tests", lambda budget: cuda_tests(check, budget, sizes.tests), None))
+    for name, overrides in FAST_PATHS.items():
+        preset = sizes.inductor_preset if name == "inductor" else sizes.preset
+        skip = None if cuda or name not in CUDA_ONLY else f"{overrides[0]} needs CUDA (a rehearsal on {check.device})"
+        fn = lambda budget, n=name, o=[*preset, *overrides]: train_run(check, f"fast:{n}", o, budget)  # noqa: E731
+        steps.append((f"fast:{name}", fn, skip))
+    two = None if not cuda or gpus >= 2 else f"{gpus} CUDA GPU visible; two ranks need two"
+    steps.append(("two-ranks", lambda budget: two_ranks(check, budget), two))
+    steps.append(("benchmark", lambda budget: benchmark(check, budget), None))
+    for name, fn, skip in steps:
+        if only is None or name in only:
+            check.step(name, fn, skip)
+    fill_x_serial(check.summary["steps"])
+    check.summary["compared_with_cpu"] = comparison(check.summary["steps"], check.device != "cuda")
+    check.write()
+    return check.summary
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, help="the JSON summary (default outputs/gpu_check-<time>.json)")
-    parser.add_argument("--budget-s", type=float, default=480, help="no step starts after this many seconds")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the rehearsal")
+    parser.add_argument("--out", type=Path, help="the JSON summary (default outputs/gpu_check/<time>/summary.json)")
+    parser.add_argument("--work", type=Path, help="logs, run dirs, the benchmark's report (default: beside --out)")
+    parser.add_argument("--budget-s", type=float, default=450, help="no step starts that its plan cannot finish")
+    parser.add_argument("--only", nargs="+", choices=list(PLANS), help="run these steps only (e.g. the failed ones)")
+    parser.add_argument("--plan", nargs="+", default=[], metavar="STEP=SECONDS", help="change a step's budget")
     args = parser.parse_args(argv)
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    out = args.out or ROOT / "outputs" / f"gpu_check-{stamp}.json"
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    start, results = time.monotonic(), []
-    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        for name, skip, fn in steps(gpus, Path(tmp)):
-            left = args.budget_s - (time.monotonic() - start)
-            if skip is None and left < 20:
-                skip = f"the {args.budget_s:.0f} s budget is spent"
-            if skip is not None:
-                results.append({"step": name, "status": "skipped", "reason": skip})
-                print(f"skipped  {name}: {skip}", flush=True)
-                continue
-            t0 = time.monotonic()
-            result = fn(left)
-            status = "passed" if result.pop("ok") else "failed"
-            if status == "passed":
-                result.pop("tail", None)
-            results.append({"step": name, "status": status, "seconds": round(time.monotonic() - t0, 1), **result})
-            print(f"{status:<8} {name} ({results[-1]['seconds']} s)", flush=True)
-    summary = {
-        "machine": torch.cuda.get_device_name(0) if gpus else f"cpu ({os.cpu_count()} cores)",
-        "gpus": gpus,
-        "torch": torch.__version__,
-        "started": stamp,
-        "seconds": round(time.monotonic() - start, 1),
-        "steps": results,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible here; --device cpu rehearses the check")
+    plans = {name: plan[0 if args.device == "cuda" else 1] for name, plan in PLANS.items()}
+    for item in args.plan:
+        name, _, seconds = item.partition("=")
+        if name not in plans or not seconds.replace(".", "", 1).isdigit():
+            parser.error(f"--plan {item}: give STEP=SECONDS with STEP one of {list(plans)}")
+        plans[name] = float(seconds)
+    out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S") / "summary.json"
+    work = args.work or out.parent / f"{out.stem}_steps"
+    summary = run_check(Check(args.device, out, work, args.budget_s, plans), args.only)
     print(f"summary: {out}")
-    return 1 if any(r["status"] == "failed" for r in results) else 0
+    return 1 if any(step["status"] == "failed" for step in summary["steps"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The device the `cuda`-marked tests run on: CUDA, or the CPU when scripts/gpu_check.py --device cpu rehearses the
+# GPU day (what only CUDA has, e.g. CUDA graphs, skips there with its reason).
+GPU = os.environ.get("REPTILE_EXP_GPU_TESTS_DEVICE", "cuda")
+CUDA_ONLY = pytest.mark.skipif(GPU != "cuda", reason=f"CUDA only; this rehearsal runs the cuda tests on {GPU}")
 
 
 def train_cmd(*overrides: str, multirun: bool = False) -> list[str]:
@@ -63,8 +67,8 @@ def tmp_env(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, with the reason, where no CUDA GPU is visible."""
-    if torch.cuda.is_available():
+    """Tests marked `cuda` skip, with the reason, where no CUDA GPU is visible (unless GPU is another device)."""
+    if torch.cuda.is_available() or GPU != "cuda":
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")
     for item in items:

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import GPU
 
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import TaskBatch, minibatch_schedule
@@ -151,9 +152,9 @@ def test_in_place_inner_loop_leaves_phi_and_the_carried_state_alone(meta_batch):
 @pytest.mark.cuda
 def test_engine_matches_reference_on_cuda():
     torch.manual_seed(0)
-    model = MLP().cuda()
-    tasks = [t.to("cuda") for t in _sine_tasks()]
-    assert _run_both_on(model, tasks, "cuda") < 1e-5
+    model = MLP().to(GPU)
+    tasks = [t.to(GPU) for t in _sine_tasks()]
+    assert _run_both_on(model, tasks, GPU) < 1e-5
 
 
 def _run_both_on(model, task_list, device):

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import torch._dynamo
-from conftest import ROOT
+from conftest import CUDA_ONLY, GPU, ROOT
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,7 +30,6 @@ from reptile_exp.train import outer_step
 # is compared in float64 with inner Adam as well.)
 OMNIGLOT = ["experiment=omniglot_5w1s", "synthetic_data=true", "meta_batch=2", "k=2", "k_eval=3"]
 SINE = ["experiment=sine_reptile", "meta_batch=4"]
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)")
 
 
 def _experiment(*overrides: str):
@@ -64,12 +63,15 @@ def _agreement(base: list[str], fast: list[str]) -> tuple[float, float]:
 def _assert_agrees(base: list[str], fast: list[str]) -> None:
     """Float32 paths agree to float32 rounding. Reduced precision (tf32: 10 bits of mantissa, bf16: 8) changes the
     result at its own rounding: on these random images the movement still points the same way (cosine > 0.95;
-    bf16 on CPU measured 0.98, with max differences of about 25% of the movement)."""
+    bf16 on CPU measured 0.98, with max differences of about 25% of the movement, so bf16 must also differ by more
+    than float32's rounding: a bf16 that silently ran in float32 fails)."""
     difference, cosine = _agreement(base, fast)
     if any(f.startswith("precision=") for f in fast):
         assert cosine > 0.95
     else:
         assert difference < 1e-4
+    if "precision=bf16" in fast:  # and bf16 was in effect: float32 rounding differs by < 1e-4 of the movement
+        assert difference > 1e-3
 
 
 @pytest.mark.parametrize(
@@ -150,13 +152,19 @@ def test_bf16_runs_the_inner_steps_matmuls_in_bfloat16_under_autocast(preset, gr
     """precision=bf16: the inner steps' linear layers and convolutions compute in bfloat16 (autocast), in the
     grouped path and under vmap; precision=highest: in float32. (On a CPU without bfloat16 instructions oneDNN
     emulates them: slower, same dtypes.)"""
+    dtypes = _matmul_dtypes([*preset, "device=cpu", f"grouped_tasks={grouped}"])
+    assert dtypes == {"highest": {torch.float32}, "bf16": {torch.bfloat16}}
+
+
+def _matmul_dtypes(overrides: list[str]) -> dict[str, set]:
+    """precision -> the dtypes the matmuls and convolutions of one outer step computed in."""
     dtypes = {}
     for precision in ("highest", "bf16"):
-        exp = _experiment(*preset, "device=cpu", f"grouped_tasks={grouped}", f"precision={precision}")
+        exp = _experiment(*overrides, f"precision={precision}")
         with _MatmulDtypes() as seen:
             outer_step(exp)
         dtypes[precision] = seen.dtypes
-    assert dtypes == {"highest": {torch.float32}, "bf16": {torch.bfloat16}}
+    return dtypes
 
 
 @pytest.mark.parametrize("compile", ["none", "inductor"])
@@ -243,21 +251,36 @@ def test_fused_inner_steps_the_inner_optimizer_in_place(monkeypatch, overrides, 
 
 
 @pytest.mark.cuda
-@CUDA
 @pytest.mark.parametrize(
     "fast",
     [
         ["compile=inductor"],
-        ["compile=cudagraphs"],
-        ["precision=tf32"],
+        pytest.param(["compile=cudagraphs"], marks=CUDA_ONLY),
+        pytest.param(["precision=tf32"], marks=CUDA_ONLY),
         ["precision=bf16"],
-        ["compile=cudagraphs", "precision=tf32"],
+        pytest.param(["compile=cudagraphs", "precision=tf32"], marks=CUDA_ONLY),
         ["grouped_tasks=false"],
     ],
     ids=["inductor", "cudagraphs", "tf32", "bf16", "cudagraphs+tf32", "vmap"],
 )
 def test_fast_path_gives_the_plain_phi_on_cuda(fast):
-    _assert_agrees([*OMNIGLOT, "device=cuda"], fast)
+    _assert_agrees([*OMNIGLOT, f"device={GPU}"], fast)
+
+
+@pytest.mark.cuda
+def test_bf16_runs_the_matmuls_in_bfloat16_on_cuda():
+    """precision=bf16 on the GPU: every matmul and convolution of an outer step computes in bfloat16 (autocast's
+    device type follows the data); precision=highest: float32."""
+    assert _matmul_dtypes([*OMNIGLOT, f"device={GPU}"]) == {"highest": {torch.float32}, "bf16": {torch.bfloat16}}
+
+
+@pytest.mark.cuda
+@CUDA_ONLY
+@pytest.mark.parametrize("precision", ["highest", "tf32", "bf16"])
+def test_tf32_switches_the_tensor_cores_on_only_when_asked(precision):
+    _experiment(*OMNIGLOT, "device=cuda", f"precision={precision}")
+    expected = precision == "tf32"
+    assert torch.backends.cuda.matmul.allow_tf32 is expected and torch.backends.cudnn.allow_tf32 is expected
 
 
 class _HostReads(TorchDispatchMode):
@@ -297,7 +320,7 @@ def test_evaluation_reads_values_back_once_per_evaluation_not_per_step_or_chunk(
 
 
 @pytest.mark.cuda
-@CUDA
+@CUDA_ONLY
 def test_training_and_evaluation_chunks_never_synchronise_on_cuda():
     exp = _experiment(*OMNIGLOT, "device=cuda")
     outer_step(exp)
@@ -324,10 +347,9 @@ def test_an_evaluation_chunk_stays_within_eval_memory_mb(budget_mb):
 
 
 @pytest.mark.cuda
-@CUDA
 @pytest.mark.parametrize("budget_mb", [256, 1024])
 def test_an_evaluation_chunk_stays_within_eval_memory_mb_on_cuda(budget_mb):
-    exp = _experiment(*OMNIGLOT, "device=cuda", f"eval_memory_mb={budget_mb}")
+    exp = _experiment(*OMNIGLOT, f"device={GPU}", f"eval_memory_mb={budget_mb}")
     chunk = eval_chunk(exp, 100_000)
     assert chunk > 1
     assert peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device) <= budget_mb

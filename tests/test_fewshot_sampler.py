@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import GPU
 
 from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
 
@@ -148,12 +149,11 @@ def test_to_moves_splits_and_returns_self(data):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("generator_device", ["cuda", "cpu"])
+@pytest.mark.parametrize("generator_device", sorted({GPU, "cpu"}))
 def test_tasks_on_gpu(generator_device):
-    data = FewShotClassification(identity_splits(), n_way=5, k_shot=2, train_shots=3).to("cuda")
-    assert data.splits["train"].images.is_cuda
+    data = FewShotClassification(identity_splits(), n_way=5, k_shot=2, train_shots=3).to(GPU)
+    assert data.splits["train"].images.device.type == GPU
     g = torch.Generator(device=generator_device).manual_seed(0)
     tb = data.sample_eval(30, 4, 3, g)
-    assert tb.x.is_cuda and tb.x_query.is_cuda and tb.batches.is_cuda
+    assert {t.device.type for t in (tb.x, tb.x_query, tb.batches)} == {GPU}
     check_task_structure(tb.x.cpu(), tb.y.cpu(), 2, tb.x_query.cpu(), 1)
