@@ -60,16 +60,24 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     wait_until(path.exists, str(path), proc, timeout)
 
 
-def submitit_task(sweep: Path) -> int:
-    """The pid of the submitit task process (python -m submitit.core._submit <sweep>/.submitit/%j)."""
+def submitit_tasks(sweep: Path) -> list[int]:
+    """The pids of the sweep's submitit task processes (python -m submitit.core._submit <sweep>/.submitit/%j):
+    one per task, so one per torch.distributed rank of a job launched with several tasks."""
+    pids = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if argv[1:4] == [b"-u", b"-m", b"submitit.core._submit"] and str(sweep).encode() in argv[4]:
-            return int(proc.name)
-    raise AssertionError(f"no submitit task running for {sweep}")
+            pids.append(int(proc.name))
+    assert pids, f"no submitit task running for {sweep}"
+    return pids
+
+
+def submitit_task(sweep: Path) -> int:
+    """The pid of the submitit task process of a one-task job."""
+    return submitit_tasks(sweep)[0]
 
 
 def job_log(job: Path) -> str:
