@@ -174,9 +174,27 @@ def plot(rows: list[dict], swept: list[str], path: Path) -> Path | None:
     return path
 
 
+def unfinished(sweep_dir: Path) -> str | None:
+    """One line naming the jobs that failed or did not finish (their number and overrides), or None."""
+    dirs = job_dirs(sweep_dir)
+    rows = [job_row(d, sweep_dir) for d in dirs]
+    bad = [r for r in rows if r["status"] != "finished"]
+    if not bad:
+        return None
+    named = "; ".join(
+        f"job {r['job']} ({' '.join(f'{k}={v}' for k, v in overrides(sweep_dir / r['job']).items())})" for r in bad
+    )
+    return f"{len(bad)} of {len(rows)} jobs failed or did not finish: {named}; see {sweep_dir / 'sweep_summary.md'}"
+
+
 class SweepSummary(Callback):
-    """Hydra callback: summarize the sweep dir when a multirun ends (any launcher or sweeper)."""
+    """Hydra callback: summarize the sweep dir when a multirun ends (any launcher or sweeper); then, if a job failed
+    or did not finish, end the command with exit status 1 and a last line that names those jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        written = summarize(Path(config.hydra.sweep.dir))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        written = summarize(sweep_dir)
         log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))
+        failed = unfinished(sweep_dir)
+        if failed is not None:
+            raise SystemExit(f"error: {failed}")  # after every job ran and the summary exists

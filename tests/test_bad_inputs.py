@@ -198,7 +198,10 @@ def test_console_script_reports_one_line_outside_the_repo(tmp_path):
 
 
 def test_a_bad_value_costs_only_its_job_of_a_sweep(tmp_path):
-    proc = run_train(tmp_path, "k=0,1", *FAST, "k_eval=1", multirun=True, OMP_NUM_THREADS="1")
+    proc = run_train(tmp_path, "k=0,1", *FAST, "k_eval=1", multirun=True, check=False, OMP_NUM_THREADS="1")
     sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     assert "k=0 is invalid: must be an integer >= 1" in (sweep / "0" / "error.txt").read_text()
     assert json.loads((sweep / "1" / "summary.json").read_text())["iterations"] == 2, proc.stderr
+    # the sweep ran to its end, then says that a job failed: exit status 1, the job named in the last line
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: 1 of 2 jobs failed") and "job 0 (k=0 " in last

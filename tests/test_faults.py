@@ -157,10 +157,17 @@ def _sweep(tmp_path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict
         "+hydra.callbacks.record._target_=test_faults.RecordReturns",
         f"+hydra.callbacks.record.path={returns}",
         multirun=True,
+        check=False,
         PYTHONPATH=str(ROOT / "tests"),
     )
     values = {r["overrides"][0]: r["value"] for r in map(json.loads, returns.read_text().splitlines())}
     return proc, values, next((tmp_path / "outputs" / "multiruns").iterdir())
+
+
+def test_a_value_that_cannot_be_composed_refuses_the_whole_sweep_up_front(tmp_path):
+    proc = run_train(tmp_path, "k=1,abc", "debug=smoke", multirun=True, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: k='abc' is invalid")
+    assert list((tmp_path / "outputs").glob("**/.hydra/overrides.yaml")) == []  # no job ran
 
 
 def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_path):
@@ -169,6 +176,10 @@ def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_pa
     assert 0 < values["inner_lr=0.02"] < 1e6
     assert "diverged at iteration" in (sweep / "0" / "error.txt").read_text()
     assert (sweep / "1" / "summary.json").exists(), proc.stderr
+    # after every job and the summary, the command fails and its last line names the failed job
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: 1 of 2 jobs failed") and "job 0 (inner_lr=0.3 " in last
+    assert (sweep / "sweep_summary.md").exists()
 
 
 def test_a_non_finite_objective_reaches_the_sweeper_as_the_penalty_and_the_sweep_summary_shows_it(tmp_path):

@@ -115,7 +115,7 @@ def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_
     1e30 diverge and hand Optuna the finite penalty (accuracy 0), the search goes on. The preset's sampler seed (0)
     fixes the draws (1e30, 0.001, 1e30 with optuna 2.10.1); the test checks both values were drawn."""
     sweep, storage = tmp_path / "search", f"sqlite:///{tmp_path / 'optuna.db'}"
-    run_train(
+    proc = run_train(
         tmp_path,
         "experiment=omniglot_5w1s",
         "hparams_search=omniglot",
@@ -130,10 +130,12 @@ def test_optuna_search_survives_diverging_trials_and_returns_the_best_value(tmp_
         "epsilon=1.0",
         "meta_batch=1",
         multirun=True,
+        check=False,
         **ONE_THREAD,
     )
     rows = read_csv(sweep / "sweep_summary.csv")
     assert len(rows) == 3
+    assert proc.returncode == 1 and "2 of 3 jobs failed" in proc.stderr.strip().splitlines()[-1]  # the diverged ones
     diverged = [r for r in rows if float(r["inner_lr"]) == 1e30]
     finished = [r for r in rows if float(r["inner_lr"]) == 0.001]
     assert diverged and finished, "the sampler drew only one of the two values"
