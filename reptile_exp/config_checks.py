@@ -100,7 +100,7 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     outputs = 1 if data.kind == "regression" else cfg.dataset.n_way
     try:
         with torch.no_grad():
-            got = tuple(instantiate(cfg.model)(torch.zeros(2, *shape)).shape[1:])
+            got = tuple(instantiate(cfg.model)(torch.zeros(2, *shape, device="cpu")).shape[1:])  # any device: CPU
     except (RuntimeError, OmegaConfBaseException):  # a shape mismatch, or a key of another dataset's model
         got = None
     if got == (outputs,):

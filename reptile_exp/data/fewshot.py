@@ -91,7 +91,7 @@ class FewShotClassification:
         x = self._draw("train", num_tasks, shots, generator)
         support, query = x[:, :, : self.train_shots], x[:, :, self.train_shots :]
         n = self.n_way * self.train_shots
-        batches = minibatch_schedule(num_tasks, n, steps, batch, generator, replacement).to(x.device)
+        batches = minibatch_schedule(num_tasks, n, steps, batch, generator, replacement).to(x.device, non_blocking=True)
         x_query = y_query = None
         if query_shots > 0:
             x_query, y_query = self._flatten(query)
@@ -108,7 +108,7 @@ class FewShotClassification:
         x_support, y_support = self._flatten(x[:, :, : self.k_shot])
         x_query, y_query = self._flatten(x[:, :, self.k_shot :])
         batches = minibatch_schedule(num_tasks, self.n_way * self.k_shot, steps, batch, generator, evaluation=True)
-        batches = batches.to(x.device)
+        batches = batches.to(x.device, non_blocking=True)
         return TaskBatch(x_support, y_support, batches, x_query, y_query)
 
     def _check(self, split: str, shots: int, key: str, asked: str) -> None:
@@ -133,7 +133,8 @@ class FewShotClassification:
         g = generator.device
         classes = torch.rand(num_tasks, num_classes, generator=generator, device=g).topk(self.n_way).indices
         examples = torch.rand(num_tasks, self.n_way, per_class, generator=generator, device=g).topk(shots).indices
-        classes, examples = classes.to(images.device), examples.to(images.device)
+        # drawn on the CPU generator: non-blocking host-to-device copies (safe from pageable memory, no GPU sync)
+        classes, examples = classes.to(images.device, non_blocking=True), examples.to(images.device, non_blocking=True)
         x = images[classes.unsqueeze(2), examples].float()
         return x.mul_(self.scale) if self.scale != 1 else x
 

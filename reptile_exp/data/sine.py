@@ -1,7 +1,8 @@
 """Sine-wave regression tasks y = a sin(x + b) (REFERENCE.md section 8).
 
 The random numbers are drawn on the generator's device (the CPU) and moved to the data's device, so one seed
-gives the same a, b, x and indices on every device; y is computed on the data's device.
+gives the same a, b, x and indices on every device; y is computed on the data's device. The moves are
+non-blocking host-to-device copies (from pageable memory: safe, and the GPU is not waited for).
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ class Sine:
 
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         low, high = bounds
-        return (low + (high - low) * torch.rand(shape, generator=g, device=g.device)).to(self.device)
+        return (low + (high - low) * torch.rand(shape, generator=g, device=g.device)).to(self.device, non_blocking=True)
 
     def _permutations(self, num_tasks: int, n: int, g: torch.Generator) -> torch.Tensor:
         """(num_tasks, n): a uniformly random order of 0..n-1 per task."""
-        return torch.rand(num_tasks, n, generator=g, device=g.device).argsort(-1).to(self.device)
+        return torch.rand(num_tasks, n, generator=g, device=g.device).argsort(-1).to(self.device, non_blocking=True)
 
     def _curves(self, num_tasks: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Amplitudes, phases (T, 1, 1) and inputs x (T, n, 1) of num_tasks new tasks."""
@@ -84,7 +85,8 @@ class Sine:
             query, support = perm[:, :query_shots], perm[:, query_shots:]
             x_query, y_query = x[rows, query], y[rows, query]
             x, y = x[rows, support], y[rows, support]
-        batches = minibatch_schedule(num_tasks, x.shape[1], steps, batch, generator, replacement).to(self.device)
+        batches = minibatch_schedule(num_tasks, x.shape[1], steps, batch, generator, replacement)
+        batches = batches.to(self.device, non_blocking=True)
         return TaskBatch(x.contiguous(), y.contiguous(), batches, x_query, y_query)
 
     def sample_eval(
@@ -101,7 +103,8 @@ class Sine:
         else:
             x_query, y_query = x[:, self.k_shot :], y[:, self.k_shot :]
             support = torch.arange(self.k_shot, device=self.device).expand(num_tasks, -1)
-        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator, evaluation=True).to(self.device)
+        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator, evaluation=True)
+        batches = batches.to(self.device, non_blocking=True)
         return TaskBatch(
             x[rows, support].contiguous(),
             y[rows, support].contiguous(),
