@@ -126,7 +126,8 @@ def task_mean(x: Tensor) -> Tensor:
 
 
 def agree(signum: int | None) -> int | None:
-    """The stop signal any rank received (the largest number), so every rank stops at the same iteration."""
+    """The stop signal any rank received (the largest number), so every rank stops at the same iteration; also any
+    rank's flag (1 or None: pruning.prune_now)."""
     if world()[1] == 1:
         return signum
     flag = torch.tensor([signum or 0])

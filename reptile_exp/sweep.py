@@ -42,14 +42,18 @@ def overrides(job_dir: Path) -> dict[str, str]:
 
 
 def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
-    """Overrides, status (finished, failed, incomplete) and final metrics of one job."""
+    """Overrides, status (finished, pruned, failed, incomplete) and final metrics of one job; pruned: stopped by an
+    Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the last periodic
+    evaluation's."""
     row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), **overrides(job_dir)}
     summary, error = job_dir / "summary.json", job_dir / "error.txt"
     if summary.exists():
         s = json.loads(summary.read_text())
         row.update(
-            status="finished", objective_name=s["objective_name"], objective=float(s["objective"])
-        )  # "nan": diverged
+            status="pruned" if "pruned_at" in s else "finished",
+            objective_name=s["objective_name"],
+            objective=float(s["objective"]),  # "nan": diverged
+        )
         for split, result in s["results"].items():
             row.update({f"{split}/{k}": v for k, v in result.items() if not isinstance(v, (list, dict))})
         row.update(iteration=s["iterations"], seconds=round(s["seconds"], 1))
@@ -111,8 +115,9 @@ def best(rows: list[dict]) -> dict | None:
 
 
 def markdown(sweep_dir: Path, rows: list[dict], swept: list[str], common: list[str], columns: list[str]) -> str:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "incomplete")}
-    lines = [f"# Sweep {sweep_dir.name}", "", f"{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "pruned", "failed", "incomplete")}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "pruned")  # pruned: in Optuna sweeps
+    lines = [f"# Sweep {sweep_dir.name}", "", f"{len(rows)} jobs: {tally}"]
     if common and rows:
         lines += ["", "Common overrides: " + " ".join(f"`{k}={rows[0].get(k)}`" for k in common)]
     top = best(rows)
@@ -175,10 +180,11 @@ def plot(rows: list[dict], swept: list[str], path: Path) -> Path | None:
 
 
 def unfinished(sweep_dir: Path) -> str | None:
-    """One line naming the jobs that failed or did not finish (their number and overrides), or None."""
+    """One line naming the jobs that failed or did not finish (their number and overrides), or None. A pruned job
+    is neither: it stopped early because its sweeper asked it to."""
     dirs = job_dirs(sweep_dir)
     rows = [job_row(d, sweep_dir) for d in dirs]
-    bad = [r for r in rows if r["status"] != "finished"]
+    bad = [r for r in rows if r["status"] not in ("finished", "pruned")]
     if not bad:
         return None
     named = "; ".join(

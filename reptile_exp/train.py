@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, report, rundir
+from . import distributed, pruning, report, rundir
 from .atomic import atomic_write_text
 from .cli import main
 from .config import ReptileExpError, validate
@@ -59,9 +59,18 @@ def outer_step(exp: Experiment) -> torch.Tensor:
 
 
 def meta_train(
-    exp: Experiment, tracker: Tracker, checkpointer: ckpt.Checkpointer, run_id: str, stop: StopSignals
-) -> None:
-    """Algorithm 2: for each outer iteration, adapt to a meta-batch and step phi towards the W_t."""
+    exp: Experiment,
+    tracker: Tracker,
+    checkpointer: ckpt.Checkpointer,
+    run_id: str,
+    stop: StopSignals,
+    trial: pruning.Trial | None = None,
+) -> int | None:
+    """Algorithm 2: for each outer iteration, adapt to a meta-batch and step phi towards the W_t.
+
+    A run that is an Optuna trial reports each periodic evaluation to it; returns the iteration at which the
+    pruner stopped it (its checkpoint written), or None (pruning.py).
+    """
     cfg, dataset = exp.cfg, exp.dataset
     loss_sum, logged_from, clock = torch.zeros((), device=exp.device, dtype=torch.float64), exp.iteration, time.time()
     monitor = "val" if "val" in getattr(dataset, "splits", {}) else "test"
@@ -86,18 +95,25 @@ def meta_train(
             bar.set_postfix(loss=f"{loss:.4g}", eps=f"{eps:.3g}", refresh=False)
             loss_sum.zero_()
             logged_from, clock = it, time.time()
+        pruned = False
         if cfg.eval_every and it % cfg.eval_every == 0:
             result = report.evaluate_split(exp, monitor, cfg.eval_every_tasks, cfg.seed + 1)
             tracker.log({"iteration": it, **{f"eval/{monitor}_{k}": v for k, v in result.items()}})
+            metric = report.metric_name(dataset)
+            pruned = pruning.prune_now(trial, it, f"eval/{monitor}_{metric}", result[metric])
         received = distributed.agree(stop.received)
-        if it % cfg.checkpoint_every == 0 or it == cfg.iterations or received:
+        if it % cfg.checkpoint_every == 0 or it == cfg.iterations or received or pruned:
             check_finite(exp, None, checkpointer)
             path = checkpointer.save(exp.state_dict(run_id, finished=it == cfg.iterations), it)
         bar.update(1)
         if received:
             bar.close()
             raise Interrupted(received, str(path))
+        if pruned:
+            bar.close()
+            return it
     bar.close()
+    return None
 
 
 def check_finite(exp: Experiment, loss: float | None, checkpointer: ckpt.Checkpointer) -> None:
@@ -148,10 +164,13 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         Tracker(cfg, out_dir, run_id, name, group, "evaluate" if cfg.evaluate_only else job_type) as tracker,
         StopSignals() as stop,
     ):
-        if not cfg.evaluate_only:
-            meta_train(exp, tracker, checkpointer, run_id, stop)
-        results = report.final_evaluation(exp, tracker, out_dir, stop)
-        summary = report.summary(exp, tracker, results, start, path if cfg.evaluate_only else None)
+        trial = None if cfg.evaluate_only else pruning.trial_of_this_run()
+        pruned = None if cfg.evaluate_only else meta_train(exp, tracker, checkpointer, run_id, stop, trial)
+        if pruned is None:
+            results = report.final_evaluation(exp, tracker, out_dir, stop)
+            summary = report.summary(exp, tracker, results, start, path if cfg.evaluate_only else None)
+        else:  # stopped by the study's pruner: no final evaluation
+            summary = trial.summary(pruned, str(exp.device), start)
         summary_path = out_dir / ("evaluation.json" if cfg.evaluate_only else "summary.json")
         tracker.summarize(summary, summary_path)  # last: a run is finished once its summary exists
         if not cfg.evaluate_only and checkpointer.paths():

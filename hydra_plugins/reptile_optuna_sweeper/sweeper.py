@@ -1,0 +1,289 @@
+"""The sweep: Optuna's ask/tell loop over Hydra's launcher (issue 20; docs/sweeps.md "Hyperparameter search").
+
+Each batch asks the study for `n_jobs` trials and launches them as one batch of jobs, each in <sweep dir>/<trial
+number> with the override hydra.sweeper.trial=<number>, so the job reports its periodic evaluations to its trial
+(reptile_exp/pruning.py; a requeued SLURM job re-runs the same overrides). Then it tells Optuna each outcome:
+PRUNED when the job's summary.json says `pruned_at`, FAIL when the job raised (or left no value for an objective),
+else COMPLETE with the job's values (a failed job's finite penalty included: reptile_exp/cli.py).
+
+The study lives in its storage (reptile_exp.pruning.storage; by default a journal file in the sweep dir): the same
+command again continues it up to n_trials trials in all, and trials left RUNNING by a sweeper process of this host
+that is gone are launched again (their jobs resume from their checkpoints). Several sweeper processes may share one
+study. At the end: <sweep dir>/optimization_results.yaml (the best trial, or the Pareto front) and
+optimization_history.png.
+
+The search space, in Hydra's override grammar (hydra.sweeper.params, or a sweep on the command line):
+    choice(a, b, ...)            categorical (a, b, ... and glob(...) too)
+    range(start, stop[, step])   integers from start to stop, stop INCLUDED (floats if a bound or the step is one)
+    interval(a, b)               a float in [a, b]
+    tag(log, interval(a, b))     log-uniform (tag(log, range(a, b)): integers, log-uniform)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+OWNER = "sweeper"  # trial user attribute: host:pid of the sweeper process that launched it
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution of one swept knob."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    value = override.value()
+    log_scale = "log" in getattr(value, "tags", set())
+    if override.is_choice_sweep():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():
+        bounds = (value.start, value.stop, value.step)
+        if all(isinstance(b, int) for b in bounds):
+            return IntDistribution(value.start, value.stop, log=log_scale, step=value.step)
+        return FloatDistribution(value.start, value.stop, log=log_scale, step=None if log_scale else value.step)
+    assert override.is_interval_sweep(), override  # the sweeps of Hydra's grammar: choice (glob too), range, interval
+    return FloatDistribution(value.start, value.end, log=log_scale)
+
+
+def search_space(arguments: list[str], parser: OverridesParser) -> tuple[dict[str, Any], list[str]]:
+    """The distributions of the swept knobs and the plain overrides every job gets. A later override of a knob
+    replaces an earlier one: hydra.sweeper.params come first, so the command line's k=5 fixes k."""
+    space: dict[str, Any] = {}
+    fixed: dict[str, str] = {}
+    for override in parser.parse_overrides(arguments):
+        key = override.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            fixed[key] = override.input_line
+    return space, list(fixed.values())
+
+
+def job_overrides(number: int, params: dict[str, Any], fixed: list[str], report: bool) -> list[str]:
+    """A trial's job: its parameters, the plain overrides, its dir (the trial number) and the trial it reports to."""
+    where = [f"hydra.sweep.subdir={number}"] + ([f"hydra.sweeper.trial={number}"] if report else [])
+    return [*(f"{k}={v}" for k, v in params.items()), *fixed, *where]
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def orphaned(trial: Any) -> bool:
+    """A RUNNING trial whose sweeper process (on this host) is gone: its job will never be told."""
+    host, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # a pid reused by this process (containers): the process that had it is gone
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class ReptileOptunaSweeper(Sweeper):
+    """Hydra sweeper on Optuna's ask/tell API (config.py: ReptileOptunaSweeperConf)."""
+
+    def __init__(
+        self,
+        sampler: DictConfig,
+        pruner: DictConfig,
+        warmup: int,
+        direction: Any,
+        objectives: ListConfig,
+        storage: str | None,
+        study_name: str | None,
+        n_trials: int,
+        n_jobs: int,
+        max_failure_rate: float,
+        params: DictConfig | None,
+        trial: int | None,
+    ) -> None:
+        self.sampler, self.pruner, self.warmup = sampler, pruner, warmup  # warmup: read by the pruner's config
+        self.directions = [direction] if isinstance(direction, str) else list(direction)
+        self.objectives = list(objectives)
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = dict(params or {})
+        if trial is not None:
+            raise ValueError(f"hydra.sweeper.trial={trial} is set by the sweeper for each job; leave it out")
+        if len(self.directions) != len(self.objectives):
+            raise ValueError(
+                f"hydra.sweeper.direction={self.directions} needs one entry per objective: "
+                f"hydra.sweeper.objectives={self.objectives}"
+            )
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} is invalid: a share in [0, 1]")
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.parser = OverridesParser.create(config_loader=hydra_context.config_loader)  # glob(...) needs it
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def study(self, sweep_dir: Path) -> Any:
+        """The study, created or loaded. Its sampler's seed is offset by the trials already in the study, so a
+        continued study draws new points rather than its first ones again."""
+        import optuna
+
+        from reptile_exp import pruning
+
+        self.store = pruning.storage(self.storage, sweep_dir)
+        study = optuna.create_study(
+            study_name=pruning.study_name(self.study_name, sweep_dir),
+            storage=self.store,
+            pruner=instantiate(self.pruner),
+            directions=self.directions,
+            load_if_exists=True,
+        )
+        held = [d.name.lower() for d in study.directions]
+        if held != self.directions:
+            raise ValueError(
+                f"hydra.sweeper.direction={self.directions} is invalid here: study {study.study_name} in its storage "
+                f"has direction {held}; use another study_name or storage"
+            )
+        seed = OmegaConf.select(self.sampler, "seed", default=None)
+        done = len(study.get_trials(deepcopy=False))
+        study.sampler = instantiate(self.sampler, **({} if seed is None else {"seed": seed + done}))
+        return study
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments], self.parser)
+        study = self.study(sweep_dir)
+        report = len(self.directions) == 1  # Optuna prunes single-objective studies only
+        if not report and not isinstance(study.pruner, optuna.pruners.NopPruner):
+            raise ValueError("a pruner needs one objective: use hydra/sweeper/pruner=none with several directions")
+        log.info(
+            "Optuna study %s (%d trials so far) in %s: %s, %s from iteration %s, %s",
+            study.study_name,
+            len(study.trials),
+            self.storage or sweep_dir / "optuna_journal.log",
+            type(study.sampler).__name__,
+            type(study.pruner).__name__,
+            self.warmup,
+            self.directions,
+        )
+        pending = [
+            t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if orphaned(t)
+        ]
+        if pending:
+            numbers = [t.number for t in pending]
+            log.info("trials %s were left running by a sweeper process that is gone: launching them again", numbers)
+        launched, failures = 0, []
+        while True:
+            batch = {t.number: t.params for t in pending[: self.n_jobs]}
+            pending = pending[self.n_jobs :]
+            room = min(self.n_jobs - len(batch), self.n_trials - len(study.get_trials(deepcopy=False)))
+            for _ in range(room):
+                trial = study.ask(space)
+                batch[trial.number] = trial.params
+            if not batch:
+                break
+            for number in batch:
+                self.set_attr(study, number, OWNER, owner())
+            overrides = [job_overrides(n, params, fixed, report) for n, params in batch.items()]
+            returns = self.launcher.launch(overrides, initial_job_idx=min(batch))
+            for number, ret in zip(batch, returns):
+                failures += self.tell(study, number, ret)
+            launched += len(returns)
+            if len(failures) > self.max_failure_rate * launched:
+                log.error("%d of %d jobs raised (max_failure_rate=%s)", len(failures), launched, self.max_failure_rate)
+                raise failures[-1]
+        self.write_results(study, sweep_dir)
+
+    def set_attr(self, study: Any, number: int, key: str, value: Any) -> None:
+        """Set a user attribute of trial `number` (by number: a trial this process did not ask for too)."""
+        study_id = self.store.get_study_id_from_name(study.study_name)
+        self.store.set_trial_user_attr(self.store.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+    def tell(self, study: Any, number: int, ret: JobReturn) -> list[Exception]:
+        """Tell Optuna how trial `number` ended; [the exception] when its job raised (max_failure_rate counts it)."""
+        from optuna.trial import TrialState
+
+        try:
+            returned = ret.return_value
+        except Exception as e:  # the job raised: a bug, not an error the job reports itself (error.txt)
+            self.set_attr(study, number, "error", repr(e))
+            study.tell(number, state=TrialState.FAIL)
+            return [e]
+        out = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        if (out / "error.txt").exists():
+            self.set_attr(study, number, "error", (out / "error.txt").read_text().strip())
+        if "pruned_at" in summary:
+            study.tell(number, state=TrialState.PRUNED)
+            return []
+        values = [
+            returned if name == "objective" else OmegaConf.select(OmegaConf.create(summary), name)
+            for name in self.objectives
+        ]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            study.tell(number, [float(v) for v in values])
+        else:  # a failed job has no summary.json: nothing to tell for its other objectives
+            log.warning("trial %d has no finite value for every objective %s: %s", number, self.objectives, values)
+            study.tell(number, state=TrialState.FAIL)
+        return []
+
+    def write_results(self, study: Any, sweep_dir: Path) -> None:
+        """optimization_results.yaml (the best trial; several objectives: the Pareto front) and the optimisation
+        history figure (the first objective's, trial by trial, and its best so far)."""
+        import optuna
+
+        from reptile_exp.plots import pyplot
+
+        states = [t.state.name.lower() for t in study.trials]
+        results: dict[str, Any] = {
+            "name": "reptile_optuna",
+            "study_name": study.study_name,
+            "trials": {s: states.count(s) for s in dict.fromkeys(states)},
+        }
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if complete and len(self.directions) == 1:
+            best = study.best_trial
+            results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
+            log.info("best trial %d: %s = %s, %s", best.number, self.objectives[0], best.value, best.params)
+        elif complete:
+            front = study.best_trials
+            results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values} for t in front]
+            log.info("Pareto front of %d trials: %s", len(front), [t.number for t in front])
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        if not complete:
+            return
+        plt = pyplot()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            ax = optuna.visualization.matplotlib.plot_optimization_history(
+                study,
+                target=None if len(self.directions) == 1 else lambda t: t.values[0],  # one: with its best so far
+                target_name=self.objectives[0],
+            )
+        ax.figure.set_size_inches(7, 4)
+        ax.figure.tight_layout()
+        ax.figure.savefig(sweep_dir / "optimization_history.png", dpi=110)
+        plt.close(ax.figure)
