@@ -145,6 +145,33 @@ def test_the_same_command_continues_the_study_under_joblib(tmp_path):
     assert [float(r["objective"]) for r in table] == [t.value for t in trials]
 
 
+def test_two_sweeper_processes_share_one_study(tmp_path):
+    """Two sweeper processes started together on one sweep dir (its journal), each launching one trial at a time
+    with its own sampler seed: 3 trials in all, each run once in its own dir, and both processes end with the whole
+    study in their summary (the first to run out of trials waits for the other's)."""
+    args = [*TINY, "inner_lr=tag(log,interval(0.001,0.1))", "logger.mode=disabled", "hydra.sweeper.n_trials=3"]
+    procs = [
+        subprocess.Popen(
+            train_cmd(
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", *args, f"hydra.sweeper.sampler.seed={seed}", multirun=True
+            ),
+            cwd=tmp_path,
+            env=clean_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (0, 1)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    sweep_dir = tmp_path / "sweep"
+    trials = study_of(sweep_dir).trials
+    assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
+    assert [r["job"] for r in rows(sweep_dir)] == ["0", "1", "2"]
+    assert all((sweep_dir / str(n) / "train.log").read_text().count("results in") == 1 for n in range(3))
+
+
 def test_several_objectives_return_a_pareto_front(tmp_path):
     """Minimise the test MSE and the training time: optimization_results.yaml holds the trials no other trial beats
     on both, as the study (loaded from its journal) says."""

@@ -9,8 +9,8 @@ else COMPLETE with the job's values (a failed job's finite penalty included: rep
 The study lives in its storage (reptile_exp.pruning.storage; by default a journal file in the sweep dir): the same
 command again continues it up to n_trials trials in all, and trials left RUNNING by a sweeper process of this host
 that is gone are launched again (their jobs resume from their checkpoints). Several sweeper processes may share one
-study. At the end: <sweep dir>/optimization_results.yaml (the best trial, or the Pareto front) and
-optimization_history.png.
+study (each ends once the trials the others run on this host have ended). At the end:
+<sweep dir>/optimization_results.yaml (the best trial, or the Pareto front) and optimization_history.png.
 
 The search space, in Hydra's override grammar (hydra.sweeper.params, or a sweep on the command line):
     choice(a, b, ...)            categorical (a, b, ... and glob(...) too)
@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,20 +87,21 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def orphaned(trial: Any) -> bool:
-    """A RUNNING trial whose sweeper process (on this host) is gone: its job will never be told."""
+def launched_by(trial: Any) -> str:
+    """Who runs a RUNNING trial: "gone" (a sweeper process of this host that has ended: its job will never be
+    told), "alive" (another live sweeper process of this host) or "elsewhere" (another host: unknown)."""
     host, _, pid = str(trial.user_attrs.get(OWNER, "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
-        return False
+        return "elsewhere"
     if int(pid) == os.getpid():  # a pid reused by this process (containers): the process that had it is gone
-        return True
+        return "gone"
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
+        return "gone"
     except PermissionError:
-        return False
-    return False
+        return "alive"
+    return "alive"
 
 
 class ReptileOptunaSweeper(Sweeper):
@@ -151,6 +153,7 @@ class ReptileOptunaSweeper(Sweeper):
         from reptile_exp import pruning
 
         self.store = pruning.storage(self.storage, sweep_dir)
+        self.where = self.storage or str(sweep_dir / pruning.JOURNAL)
         study = optuna.create_study(
             study_name=pruning.study_name(self.study_name, sweep_dir),
             storage=self.store,
@@ -183,15 +186,14 @@ class ReptileOptunaSweeper(Sweeper):
             "Optuna study %s (%d trials so far) in %s: %s, %s from iteration %s, %s",
             study.study_name,
             len(study.trials),
-            self.storage or sweep_dir / "optuna_journal.log",
+            self.where,
             type(study.sampler).__name__,
             type(study.pruner).__name__,
             self.warmup,
             self.directions,
         )
-        pending = [
-            t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if orphaned(t)
-        ]
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        pending = [t for t in running if launched_by(t) == "gone"]
         if pending:
             numbers = [t.number for t in pending]
             log.info("trials %s were left running by a sweeper process that is gone: launching them again", numbers)
@@ -215,7 +217,23 @@ class ReptileOptunaSweeper(Sweeper):
             if len(failures) > self.max_failure_rate * launched:
                 log.error("%d of %d jobs raised (max_failure_rate=%s)", len(failures), launched, self.max_failure_rate)
                 raise failures[-1]
+        self.wait_for_the_others(study)
         self.write_results(study, sweep_dir)
+
+    @staticmethod
+    def wait_for_the_others(study: Any) -> None:
+        """Wait until the trials other sweeper processes of this host run on the same study have ended, so every
+        process ends with the whole study in its results and sweep summary."""
+        import optuna
+
+        def others() -> list[int]:
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            return [t.number for t in running if launched_by(t) == "alive"]
+
+        if others():
+            log.info("waiting for trials %s of other sweeper processes on this study", others())
+        while others():
+            time.sleep(2)
 
     def set_attr(self, study: Any, number: int, key: str, value: Any) -> None:
         """Set a user attribute of trial `number` (by number: a trial this process did not ask for too)."""
