@@ -74,15 +74,18 @@ def rows(sweep_dir) -> list[dict]:
 
 
 def test_a_pruned_trial_stops_early_and_a_diverging_one_gets_the_penalty_under_submitit(tmp_path):
-    """Three trials of inner_lr in {1e30, 0.02, 1e-6} with the sine preset's TPE (seed 2 draws them in this order):
-    1e30 diverges at iteration 1 and hands Optuna the finite penalty; 0.02 completes; 1e-6 barely adapts, is worse
-    than 0.02 at the first periodic evaluation and the median pruner stops it there: it ran 5 of 20 iterations,
-    kept its checkpoint, and summary.json, W&B, the sweep summary and the study all say pruned. Only the diverged
-    job makes the command exit 1."""
+    """Three trials of inner_lr in {1e30, 0.02, 1e-6} with the sine preset's TPE (seed 2 draws them in this order),
+    each a submitit job of two ranks (CPU, gloo): 1e30 diverges and hands Optuna the finite penalty; 0.02 completes;
+    1e-6 barely adapts, is worse than 0.02 at the first periodic evaluation and the median pruner stops it there
+    (rank 0 asks, both ranks stop): it ran 5 of 20 iterations, kept its checkpoint, and summary.json, W&B, the sweep
+    summary and the study all say pruned. Only the diverged job makes the command exit 1."""
     proc = sweep(
         tmp_path,
         *TINY,
         "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "meta_batch=2",
+        "device=cpu",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.sampler.seed=2",
         "hydra.sweeper.pruner.n_startup_trials=1",
@@ -119,6 +122,8 @@ def test_a_pruned_trial_stops_early_and_a_diverging_one_gets_the_penalty_under_s
     assert best["best_trial"] == 1 and best["best_params"] == {"inner_lr": 0.02}
     assert best["trials"] == {"complete": 2, "pruned": 1}
     assert (sweep_dir / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
+    second_ranks = sorted(sweep_dir.glob(".submitit/*/*_1_log.err"))
+    assert len(second_ranks) == 3 and all("Job completed successfully" in p.read_text() for p in second_ranks)
 
 
 def test_the_same_command_continues_the_study_under_joblib(tmp_path):
