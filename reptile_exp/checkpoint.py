@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .atomic import atomic_write
-from .config import ReptileExpError
+from .errors import ReptileExpError
 
 log = logging.getLogger(__name__)
 PATTERN = re.compile(r"ckpt-(\d+)\.pt$")

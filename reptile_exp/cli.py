@@ -1,7 +1,7 @@
-"""The command line: `python -m reptile_exp.train` and `reptile-train`.
+"""The command line's error handling, a helper below the entry point (train.py's `main`).
 
-Hydra composes the config and calls `run`; an error the user can fix (ours, a config Hydra cannot
-compose, a full disk, device memory exhausted) is printed as one line and exits with status 1. In a
+`run_job` runs one of Hydra's jobs; `command_line` runs Hydra's main. An error the user can fix (ours, a config
+Hydra cannot compose, a full disk, device memory exhausted) is printed as one line and exits with status 1. In a
 sweep a failed job writes error.txt and reports the penalty instead, so the sweep goes on.
 """
 
@@ -12,17 +12,17 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from .atomic import atomic_write_text
-from .config import ReptileExpError
 from .config_checks import composition_error
+from .errors import ReptileExpError
 from .report import penalty
 from .signals import Interrupted, redeliver
 from .tracking import shut_down
@@ -48,11 +48,10 @@ def user_error(e: Exception) -> str | None:
     return None
 
 
-# An absolute config path: "../conf" would be read as the package `conf` when run as the console script.
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
-    from .train import run  # train.py re-exports main: imported at the top, each would wait for the other
-
+def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
+    """One job of Hydra's (a run, or one job of a sweep): run(cfg, its output dir)'s objective; an error the user
+    can fix ends it in one line (a sweep's job: error.txt and the penalty instead), a stop signal is re-delivered
+    once the run has checkpointed."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
     try:
@@ -79,20 +78,20 @@ def _hydra_main(cfg: DictConfig) -> float:
 def _raised_in_task(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb is not None:
-        if tb.tb_frame.f_code is _hydra_main.__wrapped__.__code__:
+        if tb.tb_frame.f_code is run_job.__code__:
             return True
         tb = tb.tb_next
     return False
 
 
-def main() -> None:
-    """The command line (also `reptile-train`): Hydra's entry point, with the errors Hydra and OmegaConf
-    raise while composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1.
-    HYDRA_FULL_ERROR=1 shows them with their traceback instead."""
+def command_line(hydra_main: Callable[[], object]) -> None:
+    """Hydra's main (a function decorated with hydra.main), with the errors Hydra and OmegaConf raise while
+    composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1. HYDRA_FULL_ERROR=1 shows
+    them with their traceback instead."""
     asked = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises composition errors instead of printing a report
     try:
-        _hydra_main()
+        hydra_main()
     except Exception as e:
         message = None if _raised_in_task(e) else composition_error(e)  # a bug in run() keeps its traceback
         if message is None or asked == "1":

@@ -1,8 +1,8 @@
-"""The typed schema of conf/train.yaml and the checks run after composition, before any work.
+"""The typed schema of conf/train.yaml and the allowed ranges of its values.
 
 The schema (a dataclass in Hydra's ConfigStore, first in the defaults list) makes `k=abc` or a
-misspelt top-level key fail at composition with the key's name; `validate` then checks ranges
-and cross-field constraints and raises ConfigError with one line naming key, value and range.
+misspelt top-level key fail at composition with the key's name; config_checks.validate then checks
+the ranges below and the cross-field constraints.
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-
-class ReptileExpError(Exception):
-    """An error the user can fix; the entry point prints it as one line, without a traceback."""
-
-
-class ConfigError(ReptileExpError, ValueError):
-    """A config value out of range or inconsistent with another."""
+from omegaconf import MISSING
 
 
 class Device(Enum):
@@ -45,12 +36,14 @@ class Compile(Enum):
     none = "none"
     inductor = "inductor"
     cudagraphs = "cudagraphs"
+    auto = "auto"
 
 
 class Precision(Enum):
     highest = "highest"
     tf32 = "tf32"
     bf16 = "bf16"
+    auto = "auto"
 
 
 @dataclass
@@ -209,68 +202,3 @@ GROUP_RANGES = {
 INTERVALS = ("amplitude", "phase", "x_range")  # dataset knobs that are [low, high] pairs
 SPLITS = ("train", "val", "test")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-
-
-def fail(key: str, value: Any, allowed: str) -> None:
-    value = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
-    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-def _check_range(key: str, value: Any, allowed: Range) -> None:
-    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
-    if not all(v in allowed for v in values):
-        fail(key, value, f"must be {allowed}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Resolution, range and cross-field checks, after composition and before any work (issue 7).
-
-    Raises ConfigError with one line naming the key, its value and the allowed range; the checks
-    that need the data (n_way against the classes of a split, shots against the examples per class)
-    are the data layer's, at construction and sampling.
-    """
-    # config_checks.py and protocols.py import ConfigError and the schema from here
-    from .config_checks import check_known_keys, check_model_fits_dataset, first_line
-    from .protocols import parse
-
-    try:
-        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except OmegaConfBaseException as e:
-        if (e.full_key or "").startswith("model."):
-            check_model_fits_dataset(cfg)  # a model made for another dataset reads keys this one lacks
-        raise ConfigError(f"{e.full_key or 'config'} cannot be resolved: {first_line(e)}") from None
-    for key, allowed in RANGES.items():
-        _check_range(key, cfg[key], allowed)
-    for group, ranges in GROUP_RANGES.items():
-        for key, allowed in ranges.items():
-            if key in cfg[group]:
-                _check_range(f"{group}.{key}", cfg[group][key], allowed)
-    check_known_keys(cfg)
-    dataset = cfg.dataset
-    for key in INTERVALS:
-        value = dataset.get(key)
-        if value is not None and (not isinstance(value, ListConfig) or len(value) != 2 or value[0] > value[1]):
-            fail(f"dataset.{key}", value, "must be a pair [low, high] with low <= high")
-    for group in ("inner_optimizer", "outer_optimizer"):
-        betas = cfg[group].get("betas")
-        if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
-            fail(f"{group}.betas", betas, "must be a pair")
-    if cfg.epsilon_final > cfg.epsilon:
-        fail("epsilon_final", cfg.epsilon_final, f"must be between 0 and epsilon={cfg.epsilon}")
-    if dataset.get("x_sampling") == "grid":
-        if dataset.k_shot > dataset.n_points:
-            fail("dataset.k_shot", dataset.k_shot, f"must be <= dataset.n_points={dataset.n_points}")
-        for key in ("query_shots", "tail_shots"):  # held out of the grid: the inner loop needs the rest
-            if cfg.algorithm.get(key, 0) >= dataset.n_points:
-                fail(f"algorithm.{key}", cfg.algorithm[key], f"must be < dataset.n_points={dataset.n_points}")
-    if cfg.logger.mode not in WANDB_MODES:
-        fail("logger.mode", cfg.logger.mode, f"choose one of {list(WANDB_MODES)}")
-    splits = list(cfg.eval_splits)
-    if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) < len(splits):
-        fail("eval_splits", splits, f"must list one or more of {list(SPLITS)}, each once")
-    if cfg.objective_split not in SPLITS:
-        fail("objective_split", cfg.objective_split, f"choose from {list(SPLITS)}")
-    if cfg.objective_split not in splits:
-        fail("objective_split", cfg.objective_split, f"must be one of eval_splits={splits}")
-    check_model_fits_dataset(cfg)
-    parse(cfg)

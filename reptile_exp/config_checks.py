@@ -1,8 +1,7 @@
-"""The one-line answers to keys and groups named wrong: an unknown key (with the closest known one), a key of
-the wrong type, a model that does not fit the dataset, and Hydra's composition errors (issue 12).
-
-`config.validate` runs the first three after composition; the entry point turns a composition error into
-one line with `composition_error`.
+"""The checks run after composition, before any work, each ending in one line that names the key, its value and
+what is allowed (issues 7, 12): `validate` (resolution, ranges, cross-field constraints, unknown keys and keys of
+the wrong type, a model that does not fit the dataset, the protocols); the entry point turns an error Hydra raises
+while composing into one line with `composition_error`.
 """
 
 from __future__ import annotations
@@ -12,14 +11,19 @@ import inspect
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import GROUP_RANGES, RANGES, ConfigError, TrainConfig, fail
+from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig
+from .errors import ConfigError, fail
+from .instantiate import instantiate
+from .protocols import parse
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 # An annotation of a _target_'s parameter -> (test of a value, what it must be).
@@ -86,10 +90,6 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
 
     Checked by a forward pass on two zero inputs of the dataset's shape, before any data is read.
     """
-    import torch
-
-    from .experiment import instantiate
-
     try:
         data = get_object(cfg.dataset._target_)
     except ImportError:
@@ -164,3 +164,59 @@ def composition_error(e: Exception) -> str | None:
     if isinstance(e, (HydraException, OmegaConfBaseException)):
         return f"cannot compose the config: {' '.join(str(e).split())}"
     return None
+
+
+def _check_range(key: str, value: Any, allowed: Range) -> None:
+    values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    if not all(v in allowed for v in values):
+        fail(key, value, f"must be {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Resolution, range and cross-field checks, after composition and before any work (issue 7).
+
+    Raises ConfigError with one line naming the key, its value and the allowed range; the checks
+    that need the data (n_way against the classes of a split, shots against the examples per class)
+    are the data layer's, at construction and sampling.
+    """
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        if (e.full_key or "").startswith("model."):
+            check_model_fits_dataset(cfg)  # a model made for another dataset reads keys this one lacks
+        raise ConfigError(f"{e.full_key or 'config'} cannot be resolved: {first_line(e)}") from None
+    for key, allowed in RANGES.items():
+        _check_range(key, cfg[key], allowed)
+    for group, ranges in GROUP_RANGES.items():
+        for key, allowed in ranges.items():
+            if key in cfg[group]:
+                _check_range(f"{group}.{key}", cfg[group][key], allowed)
+    check_known_keys(cfg)
+    dataset = cfg.dataset
+    for key in INTERVALS:
+        value = dataset.get(key)
+        if value is not None and (not isinstance(value, ListConfig) or len(value) != 2 or value[0] > value[1]):
+            fail(f"dataset.{key}", value, "must be a pair [low, high] with low <= high")
+    for group in ("inner_optimizer", "outer_optimizer"):
+        betas = cfg[group].get("betas")
+        if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
+            fail(f"{group}.betas", betas, "must be a pair")
+    if cfg.epsilon_final > cfg.epsilon:
+        fail("epsilon_final", cfg.epsilon_final, f"must be between 0 and epsilon={cfg.epsilon}")
+    if dataset.get("x_sampling") == "grid":
+        if dataset.k_shot > dataset.n_points:
+            fail("dataset.k_shot", dataset.k_shot, f"must be <= dataset.n_points={dataset.n_points}")
+        for key in ("query_shots", "tail_shots"):  # held out of the grid: the inner loop needs the rest
+            if cfg.algorithm.get(key, 0) >= dataset.n_points:
+                fail(f"algorithm.{key}", cfg.algorithm[key], f"must be < dataset.n_points={dataset.n_points}")
+    if cfg.logger.mode not in WANDB_MODES:
+        fail("logger.mode", cfg.logger.mode, f"choose one of {list(WANDB_MODES)}")
+    splits = list(cfg.eval_splits)
+    if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) < len(splits):
+        fail("eval_splits", splits, f"must list one or more of {list(SPLITS)}, each once")
+    if cfg.objective_split not in SPLITS:
+        fail("objective_split", cfg.objective_split, f"choose from {list(SPLITS)}")
+    if cfg.objective_split not in splits:
+        fail("objective_split", cfg.objective_split, f"must be one of eval_splits={splits}")
+    check_model_fits_dataset(cfg)
+    parse(cfg)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 LEAVE_TIMEOUT = timedelta(days=1)  # the other ranks wait this long for rank 0's final evaluation

@@ -49,11 +49,17 @@ def chunk_size(
     memory_mb: float,
     requested: int = 0,
 ) -> int:
-    """Tasks adapted together: `requested`, or as many as the activations of `examples` inputs per
-    task fit in memory_mb (estimated from one forward pass in phi's dtype, at its element size; parameters and
-    Adam state included)."""
+    """Tasks adapted together: `requested`, or as many as fit in memory_mb (task_bytes each)."""
     if requested:
         return min(requested, tasks_per_eval)
+    per_task = task_bytes(learner, phi, example_shape, examples)
+    return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task)))
+
+
+def task_bytes(learner: Learner, phi: Params, example_shape: tuple, examples: int) -> int:
+    """The memory one task's adaptation takes with `examples` inputs through the model at once: its activations
+    (from one forward pass in phi's dtype, at its element size) and their gradients, and W, its gradient, Adam's m
+    and v."""
     weight = next(iter(phi.values()))
     with torch.no_grad():
         probe = torch.zeros(1, *example_shape, device=weight.device, dtype=weight.dtype)
@@ -70,9 +76,7 @@ def chunk_size(
                 h.remove()
     numbers_per_example = sum(sizes) + math.prod(example_shape)
     params = sum(p.numel() for p in phi.values())
-    # activations, their gradients, and W, its gradient, Adam's m and v
-    per_task_bytes = weight.element_size() * (3 * numbers_per_example * examples + 6 * params)
-    return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task_bytes)))
+    return weight.element_size() * (3 * numbers_per_example * examples + 6 * params)
 
 
 def task_chunks(

@@ -12,15 +12,20 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
-from hydra.errors import InstantiationException
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, ReptileExpError, register_schema
+from .checkpoint import CheckpointError
+from .config import register_schema
+from .data.fewshot import synthetic_like
+from .errors import ConfigError
+from .hardware import resolve
 from .host_memory import keep_host_memory
+from .instantiate import instantiate
 from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
 
@@ -43,6 +48,9 @@ class Experiment:
     task_generator: torch.Generator
     inner_state: dict
     iteration: int = 0
+    # the open window of the logged train/loss: the sum of the task-mean losses since iteration `logged_from`
+    loss_sum: float = 0.0
+    logged_from: int = 0
 
     @property
     def phi(self) -> dict[str, torch.Tensor]:
@@ -59,6 +67,7 @@ class Experiment:
             "scheduler": self.scheduler.state_dict(),
             "inner_state": self.inner_state,
             "rng": {"tasks": self.task_generator.get_state()},
+            "loss_window": {"sum": self.loss_sum, "from": self.logged_from},
             "device": self.device.type,
             "wandb_run_id": run_id,
             "finished": finished,
@@ -74,7 +83,9 @@ class Experiment:
         self.inner_state = _to_device(state["inner_state"], self.device)
         self.iteration = state["iteration"]
         if training:
-            self.outer.load_state_dict(state["outer_optimizer"])
+            window = state.get("loss_window", {"sum": 0.0, "from": self.iteration})  # older checkpoints: none
+            self.loss_sum, self.logged_from = window["sum"], window["from"]
+            self._load_outer(state["outer_optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             trained_on = state.get("device", self.device.type)  # older checkpoints do not say
             if trained_on != self.device.type:
@@ -85,6 +96,30 @@ class Experiment:
                     trained_on,
                 )
             self._restore_tasks(state["rng"]["tasks"])
+
+    def _load_outer(self, saved: dict) -> None:
+        """The outer optimizer's state. torch restores the hyperparameters the checkpoint's optimizer had; the
+        fingerprint refuses another outer_optimizer, but a checkpoint older than its outer_optimizer entry is only
+        checked here: a hyperparameter this optimizer steps with that the checkpoint lacks (another optimizer's
+        state: KeyError 'betas' at the first step) or holds with another value is refused in one line."""
+        configured = OmegaConf.to_container(self.cfg.outer_optimizer, resolve=True)
+        needed = set(self.outer.param_groups[0])
+        self.outer.load_state_dict(saved)
+        loaded = self.outer.param_groups[0]
+        missing = sorted(needed - set(loaded))
+        if missing:
+            raise CheckpointError(
+                f"the checkpoint's outer optimizer state has no {', '.join(missing)}: it was trained with another "
+                f"outer optimizer than this run's {configured['_target_']}; resume with the outer_optimizer it was "
+                "trained with or start a new run dir (hydra.run.dir=...)"
+            )
+        for key, value in configured.items():  # lr: the scheduled step, compared as training.epsilon
+            found = list(loaded[key]) if isinstance(loaded.get(key), tuple) else loaded.get(key)
+            if not key.startswith("_") and key != "lr" and key in loaded and found != value:
+                raise CheckpointError(
+                    f"outer_optimizer.{key}: this run has {value!r}, the checkpoint has {found!r}; resume with the "
+                    "checkpoint's value or start a new run dir (hydra.run.dir=...)"
+                )
 
     def _restore_tasks(self, tasks: torch.Tensor) -> None:
         """Continue the task generator; an older GPU run's generator (a 16-byte CUDA Philox state, not a CPU
@@ -113,25 +148,61 @@ def _to_device(tree, device):
 
 
 CUBLAS_WORKSPACE = ":4096:8"  # the value cuBLAS's reproducibility notes ask for
-TRAINING_KEYS = ("k", "inner_batch", "meta_batch", "epsilon", "epsilon_final", "iterations", "replacement", "seed")
+# What a checkpoint must share with the run that resumes it: every key that shapes training (phi's trajectory from
+# the checkpoint on). It matters beyond the model's shape: torch's load_state_dict restores the checkpoint's outer
+# optimizer hyperparameters and eps schedule (LambdaLR keeps LinearAnneal's eps_0, eps_final, iterations), so a
+# resumed run with other values would silently ignore them, or crash (KeyError 'betas': another optimizer's state).
+# The groups, every key (the dataset's location aside; its k_shot also sets the periodic evaluation's K):
+TRAINING_GROUPS = ("model", "dataset", "algorithm", "inner_optimizer", "outer_optimizer")
+DATASET_LOCATION = ("root", "download", "cache", "cache_dir")
+# The top-level knobs: dtype and synthetic_data under their own names, these under training.<key>. They are compared
+# before the groups, so the message names the knob a user sets (training.epsilon, not outer_optimizer.lr = ${epsilon}).
+TRAINING_KEYS = (
+    "seed",
+    "k",
+    "inner_batch",
+    "replacement",
+    "loss_reduction",
+    "epsilon",
+    "epsilon_final",
+    "meta_batch",
+    "iterations",
+)
+TRAINING_TOP = ("dtype", "synthetic_data")
+# inner_lr reaches training only through inner_optimizer.lr = ${inner_lr} (both options): compared there.
+THROUGH_GROUPS = ("inner_lr",)
+# The top-level keys that deliberately do NOT shape training; a resumed run may change them:
+NOT_TRAINING = (
+    # names, logging, the run dir and its checkpoints (log_every: only when metrics are read back)
+    *("name", "logger", "paths", "progress", "log_every", "checkpoint_every", "keep_checkpoints"),
+    *("resume", "overwrite", "evaluate_only", "checkpoint"),
+    # evaluation: it starts each task from phi and the inner state and restores both, and draws its tasks from
+    # generators of its own, so phi's trajectory is the same with any of these (tests/test_resume_fingerprint.py)
+    *("k_eval", "eval_batch", "eval_tasks", "eval_splits", "eval_chunk", "eval_memory_mb", "transductive"),
+    *("protocols", "eval_every", "eval_every_tasks", "objective_split"),
+    # where and how fast it runs: the same computation, other rounding. A run may resume on another device (the
+    # same tasks follow, tests/test_cross_device.py) and compile=cudagraphs and precision=tf32 exist only on CUDA,
+    # so comparing them would refuse that; bf16 rounds more coarsely, but phi and every state stay in dtype.
+    *("device", "threads", "keep_host_memory", "deterministic", "compile", "precision", "fused_inner"),
+    "grouped_tasks",
+)
+# Entries a checkpoint's fingerprint holds since issue 22: an older checkpoint lacks them, and they are not compared
+# (a warning says so; _load_outer still refuses another outer optimizer's state).
+ADDED = ("outer_optimizer", "training.loss_reduction")
 
 
 def fingerprint(cfg: DictConfig) -> dict:
-    """What a checkpoint must share with the run that loads it: model, data and algorithm settings."""
-    dataset = {
-        k: v
-        for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items()
-        if k not in ("root", "download", "cache", "cache_dir")
-    }
+    """What a checkpoint must share with the run that resumes it (plain values: checkpoints load weights_only).
+
+    In the order compared: the top-level knobs, then the groups (evaluate_only compares the model alone).
+    """
+    plain = lambda value: value.value if isinstance(value, Enum) else value  # noqa: E731
+    groups = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in TRAINING_GROUPS}
+    groups["dataset"] = {k: v for k, v in groups["dataset"].items() if k not in DATASET_LOCATION}
     return {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "dataset": dataset,
-        "algorithm": OmegaConf.to_container(cfg.algorithm, resolve=True),
-        "inner_optimizer": OmegaConf.to_container(cfg.inner_optimizer, resolve=True),
-        "dtype": cfg.dtype.value,
-        "synthetic_data": cfg.synthetic_data,
-        # the outer loop and eps schedule: a resumed run must continue the same schedule
-        "training": {key: cfg[key] for key in TRAINING_KEYS},
+        "training": {key: plain(cfg[key]) for key in TRAINING_KEYS},
+        **{key: plain(cfg[key]) for key in TRAINING_TOP},
+        **groups,
     }
 
 
@@ -159,7 +230,10 @@ def build(cfg: DictConfig) -> Experiment:
     model = instantiate(cfg.model).to(device=device, dtype=dtype)
     inner = instantiate(cfg.inner_optimizer)
     loss = "mse" if dataset.kind == "regression" else "cross_entropy"
-    fast = {"compile": cfg.compile.value, "precision": cfg.precision.value}
+    compile, precision, chosen = resolve(device, cfg.compile.value, cfg.precision.value)
+    if chosen:
+        log.info("%s", chosen)
+    fast = {"compile": compile, "precision": precision}
     check_fast_paths(device, fast["compile"], fast["precision"])
     set_precision(device, fast["precision"])
     learner = Learner(
@@ -190,18 +264,14 @@ def set_deterministic(on: bool) -> None:
 def build_dataset(cfg: DictConfig):
     """The task distribution of cfg.dataset; random images of its shape when synthetic_data=true."""
     if cfg.synthetic_data and "root" in cfg.dataset:
-        from .data.fewshot import synthetic_like
-
+        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        root = next((o.split("=", 1)[1] for o in given if o.lstrip("+").startswith("dataset.root=")), None)
+        if root is not None:
+            log.warning(
+                "dataset.root=%s is not read: synthetic_data=true (debug=smoke sets it) draws random images; "
+                "add synthetic_data=false to use the data there",
+                root,
+            )
         d = cfg.dataset
         return synthetic_like(get_class(d._target_), d.n_way, d.k_shot, d.train_shots, seed=cfg.seed)
     return instantiate(cfg.dataset)
-
-
-def instantiate(node: DictConfig, *args):
-    """hydra.utils.instantiate, re-raising our own one-line errors unwrapped from Hydra's."""
-    try:
-        return hydra_instantiate(node, *args)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ReptileExpError):
-            raise e.__cause__ from None
-        raise

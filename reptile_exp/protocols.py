@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from .errors import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names metrics (final/<name>/<split>_accuracy) and table rows
 

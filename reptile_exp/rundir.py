@@ -16,20 +16,21 @@ from omegaconf import DictConfig
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
-from .config import ConfigError
-from .experiment import fingerprint
+from .errors import ConfigError
+from .experiment import ADDED, fingerprint
 
 log = logging.getLogger("reptile_exp")
 
 
 def run_identity(cfg: DictConfig, out_dir: Path) -> tuple[str, str | None, str | None]:
-    """W&B run name, group and job type, from the chosen groups (and a sweep's overrides)."""
+    """W&B run name, group and job type, from the chosen groups (and a sweep's overrides); a sweep's group is
+    logger.group when set, else the sweep dir's name."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     choices = hydra_cfg.runtime.choices if hydra_cfg else {}
     name = cfg.name or f"{choices.get('dataset', 'run')}-{choices.get('algorithm', '')}".rstrip("-")
     if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra", "logger"))]
-        return f"{name} {','.join(overrides)}".strip(), Path(hydra_cfg.sweep.dir).name, name
+        return f"{name} {','.join(overrides)}".strip(), cfg.logger.group or Path(hydra_cfg.sweep.dir).name, name
     return name, None, name
 
 
@@ -71,12 +72,40 @@ def load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, ev
     mine, theirs = fingerprint(cfg), state.get("fingerprint", {})
     if evaluate_only:
         mine, theirs = {"model": mine["model"]}, {"model": theirs.get("model")}
-    diff = ckpt.first_difference(mine, theirs)
+    else:
+        _skip_unrecorded(mine, theirs, path)
+    # in the fingerprint's order: the top-level knobs first, so the one a user sets is named
+    sections = [*mine, *(key for key in theirs if key not in mine)]
+    diffs = (ckpt.first_difference(mine.get(key), theirs.get(key), f"{key}.") for key in sections)
+    diff = next(filter(None, diffs), None)
     if diff:
         raise ckpt.CheckpointError(
-            f"checkpoint {path} was made with another config ({diff}); use the same settings or start a new run dir"
+            f"checkpoint {path} was made with another config ({diff}); resume with the checkpoint's settings or "
+            "start a new run dir (hydra.run.dir=...)"
         )
     return state, path
+
+
+def _skip_unrecorded(mine: dict, theirs: dict, path: Path) -> None:
+    """Drop from `mine` the entries an older checkpoint's fingerprint does not hold yet (experiment.ADDED), with a
+    warning: they cannot be compared. A checkpoint without a fingerprint stays refused."""
+    if not theirs:
+        return
+    skipped = []
+    for dotted in ADDED:
+        *parents, key = dotted.split(".")
+        here, there = mine, theirs
+        for parent in parents:
+            here, there = here.get(parent, {}), there.get(parent, {})
+        if key in here and isinstance(there, dict) and key not in there:
+            del here[key]
+            skipped.append(dotted)
+    if skipped:
+        log.warning(
+            "checkpoint %s predates the check of %s: not compared; resume with the settings it was trained with",
+            path,
+            ", ".join(skipped),
+        )
 
 
 def finished_objective(cfg: DictConfig, out_dir: Path, state: dict | None) -> float | None:

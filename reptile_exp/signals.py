@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from .config import ReptileExpError
+from .errors import ReptileExpError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 

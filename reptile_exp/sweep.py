@@ -46,8 +46,10 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the last periodic
     evaluation's."""
     row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), **overrides(job_dir)}
-    summary, error = job_dir / "summary.json", job_dir / "error.txt"
-    if summary.exists():
+    error = job_dir / "error.txt"
+    # a training job's summary, or an evaluate_only job's
+    summary = next((p for p in (job_dir / "summary.json", job_dir / "evaluation.json") if p.exists()), None)
+    if summary is not None:
         s = json.loads(summary.read_text())
         row.update(
             status="pruned" if "pruned_at" in s else "finished",

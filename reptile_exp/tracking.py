@@ -125,9 +125,8 @@ class Tracker:
             settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
         )
         if self.mode == "offline":
-            log.info(
-                "W&B offline run in %s; upload it later with: wandb sync %s", self.run.dir, Path(self.run.dir).parent
-            )
+            offline_run = Path(self.run.dir).parent  # run.dir is the run's files/ folder
+            log.info("W&B offline run in %s; upload it later with: wandb sync %s", offline_run, offline_run)
         return self
 
     def log(self, record: dict[str, Any]) -> None:

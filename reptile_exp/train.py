@@ -1,12 +1,12 @@
 """The single entry point: compose -> build -> meta-train -> evaluate -> report.
 
-    python -m reptile_exp.train [group=option ...] [knob=value ...]
+    python -m reptile_exp.train [group=option ...] [knob=value ...]     (also: reptile-train)
 
 `run` tells Algorithm 2's story: build the experiment (experiment.py), resume from the run dir's
 checkpoint (rundir.py), meta-train, evaluate phi on the test tasks and report (report.py). Each
 outer iteration samples a meta-batch of tasks, adapts copies of phi to all of them at once, combines
 the adapted weights into a meta-gradient and takes an outer optimizer step with lr eps; then it
-logs and checkpoints. The command line and its error handling live in cli.py.
+logs and checkpoints. `main` is Hydra's entry point; cli.py turns errors into one line.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import distributed, pruning, report, rundir
+from . import cli, distributed, fits, pruning, report, rundir
 from .atomic import atomic_write_text
-from .cli import main
-from .config import ReptileExpError, validate
+from .config_checks import validate
+from .errors import ReptileExpError
 from .experiment import Experiment, build
 from .signals import Interrupted, StopSignals
 from .tracking import MetricsFile, Tracker
@@ -72,7 +73,11 @@ def meta_train(
     pruner stopped it (its checkpoint written), or None (pruning.py).
     """
     cfg, dataset = exp.cfg, exp.dataset
-    loss_sum, logged_from, clock = torch.zeros((), device=exp.device, dtype=torch.float64), exp.iteration, time.time()
+    if exp.logged_from == 0:  # a fresh run, or a checkpoint from before the window was kept
+        exp.loss_sum, exp.logged_from = 0.0, exp.iteration
+    # the window of train/loss continues a resumed run's, so its records equal an uninterrupted run's
+    loss_sum = torch.full((), exp.loss_sum, device=exp.device, dtype=torch.float64)
+    logged_from, clock, timed_from = exp.logged_from, time.time(), exp.iteration
     monitor = "val" if "val" in getattr(dataset, "splits", {}) else "test"
     bar = tqdm(
         total=cfg.iterations,
@@ -90,20 +95,22 @@ def meta_train(
         if it % cfg.log_every == 0 or it == cfg.iterations:
             loss = (loss_sum / (it - logged_from)).item()
             check_finite(exp, loss, checkpointer)
-            rate = (it - logged_from) / max(time.time() - clock, 1e-9)
+            rate = (it - timed_from) / max(time.time() - clock, 1e-9)
             tracker.log({"iteration": it, "train/loss": loss, "train/eps": eps, "train/iters_per_s": rate})
             bar.set_postfix(loss=f"{loss:.4g}", eps=f"{eps:.3g}", refresh=False)
             loss_sum.zero_()
-            logged_from, clock = it, time.time()
+            logged_from, clock, timed_from = it, time.time(), it
         pruned = False
         if cfg.eval_every and it % cfg.eval_every == 0:
             result = report.evaluate_split(exp, monitor, cfg.eval_every_tasks, cfg.seed + 1)
             tracker.log({"iteration": it, **{f"eval/{monitor}_{k}": v for k, v in result.items()}})
+            log.info("iteration %d: %s", it, report.periodic_line(exp, monitor, result))
             metric = report.metric_name(dataset)
             pruned = pruning.prune_now(trial, it, f"eval/{monitor}_{metric}", result[metric])
         received = distributed.agree(stop.received)
         if it % cfg.checkpoint_every == 0 or it == cfg.iterations or received or pruned:
             check_finite(exp, None, checkpointer)
+            exp.loss_sum, exp.logged_from = loss_sum.item(), logged_from
             path = checkpointer.save(exp.state_dict(run_id, finished=it == cfg.iterations), it)
         bar.update(1)
         if received:
@@ -148,6 +155,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     finished = rundir.finished_objective(cfg, out_dir, state)
     if finished is not None:
         return finished
+    fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank != 0:  # the other ranks only share the meta-training
         if not cfg.evaluate_only:
@@ -178,6 +186,18 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     log.info("results in %s", out_dir)
     distributed.leave()
     return float(summary["objective"])
+
+
+# An absolute config path: "../conf" would be read as the package `conf` when run as the console script.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="train")
+def hydra_main(cfg: DictConfig) -> float:
+    """One of Hydra's jobs: run() with its errors as one line (cli.run_job)."""
+    return cli.run_job(run, cfg)
+
+
+def main() -> None:
+    """The command line: Hydra's main, with composition errors as one line (cli.command_line)."""
+    cli.command_line(hydra_main)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from reptile_exp import paper
 from reptile_exp.atomic import atomic_write_text
 from reptile_exp.run_results import Entry, entries, run_dirs
 
-NOT_RUN = {paper.TABLE2: "not run: no copy of the Mini-ImageNet data on the development machines"}
 TRAINING_KNOBS = ("train_shots", "inner_batch", "k", "inner_lr", "meta_batch")  # besides iterations
 
 
@@ -82,7 +81,7 @@ def row(table: str, column: paper.Column, method: paper.Row, found: list[Entry])
         "paper_iterations": column.iterations,
     }
     if not found:
-        return {**out, "status": NOT_RUN.get(table, "not run: no run given")}
+        return {**out, "status": f"not run: none of the run dirs given holds this {column.dataset} row"}
     mean, ci, tasks = pooled(found)
     mean, ci = 100 * mean, 100 * ci
     runs = [100 * e.accuracy for e in found]

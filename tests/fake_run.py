@@ -16,6 +16,9 @@ and records what the tests check:
   (the CPU generator it restores runs for real here).
 - read-outs (.item(), bool(), numpy for the figures) give 1.0 (FakeCuda(readout=1.0)): finite, so check_finite sees
   no divergence; every metric, summary value and plotted point is that 1.0.
+- the CUDA driver's memory queries (no driver here): the memory available on the device (memory.available_bytes,
+  read by the checks of fits.py, whose arithmetic runs) is an H100's 80 GiB, and the run's peak device memory
+  (report.run_peak_memory_mb, in summary.json) is 0; on the CPU both are the real functions;
 - spies that call the real functions: meta_train (the iteration and the devices of the state it starts from, i.e.
   after a resume's load_state_dict), outer_step (which host synchronisations each iteration made) and
   Learner._precision (the autocast the forward passes open).
@@ -35,7 +38,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from reptile_exp import checkpoint as ckpt
-from reptile_exp import train
+from reptile_exp import fits, memory, report, train
 from reptile_exp.experiment import Experiment
 from reptile_exp.meta.learner import Learner
 
@@ -51,6 +54,11 @@ def to_fake_cuda(exp: Experiment, fake: FakeCuda) -> None:
         split.images = fake.cuda(split.images)
     exp.dataset.to(CUDA)  # sine: where it builds its tasks
     exp.device = CUDA
+
+
+def _on_cuda(real, value):
+    """real(device), or `value` where the device is CUDA (a driver query a fake device cannot answer)."""
+    return lambda device: value if device.type == "cuda" else real(device)
 
 
 def tensor_devices(tree) -> set[str]:
@@ -104,6 +112,10 @@ class FakeRun:
         self._patch.setattr(ckpt.Checkpointer, "save", self._save())
         self._patch.setattr(ckpt, "load", self._load)
         self._patch.setattr(Learner, "_precision", self._precision())
+        available = _on_cuda(memory.available_bytes, 80 * 2**30)
+        self._patch.setattr(memory, "available_bytes", available)
+        self._patch.setattr(fits, "available_bytes", available)
+        self._patch.setattr(report, "run_peak_memory_mb", _on_cuda(report.run_peak_memory_mb, 0.0))
         self.fake.__enter__()
         return self
 

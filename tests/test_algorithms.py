@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.func import grad
 
-from reptile_exp.config import ConfigError
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import TaskBatch, minibatch_schedule
+from reptile_exp.errors import ConfigError
 from reptile_exp.meta.algorithms import FOMAML, MAML, Reptile
 from reptile_exp.meta.learner import Learner
 from reptile_exp.meta.optim import SGD, Adam

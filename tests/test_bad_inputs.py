@@ -59,7 +59,9 @@ CASES = [
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
     # data files
-    ("data_missing", ["dataset=omniglot", "dataset.root={tmp}/nowhere"], "or set dataset.download=true"),
+    ("data_missing", ["dataset=omniglot", "dataset.root={tmp}/nowhere"], "nowhere (which does not exist)"),
+    ("root_a_file", [*OMNIGLOT, "dataset.root={omniglot}/images_background.zip"], "zip (a file, not a folder)"),
+    ("mini_root_a_file", [*MINI, "dataset.root={mini}/mini-imagenet-cache-train.pkl"], "pkl (a file, not a folder)"),
     ("zip_garbage", [*OMNIGLOT, "dataset.root={zip_garbage}"], "images_background.zip is not a readable zip"),
     ("zip_member", [*OMNIGLOT, "dataset.root={zip_member}"], "images_evaluation.zip is corrupt at"),
     ("png_truncated", [*OMNIGLOT, "dataset.root={png_truncated}"], "cannot decode"),

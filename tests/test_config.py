@@ -11,8 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from reptile_exp.config import ConfigError, register_schema, validate
-from reptile_exp.config_checks import composition_error
+from reptile_exp.config import register_schema
+from reptile_exp.config_checks import composition_error, validate
+from reptile_exp.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [

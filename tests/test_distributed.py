@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from conftest import ROOT, clean_env, final_phi, run_train, train_cmd
 
 from reptile_exp import distributed
-from reptile_exp.config import ConfigError
+from reptile_exp.errors import ConfigError
 
 # meta_batch=3 over 2 ranks: uneven shards (2 + 1 tasks); inner Adam: its state merge is all-reduced too
 COMMON = [

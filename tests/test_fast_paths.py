@@ -15,8 +15,9 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reptile_exp.meta.learner as learner_module
-from reptile_exp.config import ConfigError
+from reptile_exp.errors import ConfigError
 from reptile_exp.experiment import build
+from reptile_exp.hardware import native_bf16
 from reptile_exp.measure import peak_memory_mb
 from reptile_exp.meta.learner import Learner
 from reptile_exp.models import task_batchable
@@ -92,9 +93,10 @@ def test_fast_path_gives_the_plain_phi_on_cpu(base, fast):
 def test_in_place_inner_updates_give_the_functional_phi_and_state(inner):
     """fused_inner (on by default) steps the inner loop in place with torch's multi-tensor kernels (fused Adam,
     foreach SGD); fused_inner=false runs the functional updates. Same phi and carried Adam state after a few
-    outer steps, in float64 to its rounding. (Within 1e-8 where phi moves by > 1e-3: the conv biases feed BatchNorm,
-    so their gradient is zero up to rounding, and inner Adam's normalisation turns that rounding into steps of
-    up to 1e-9 in float64.)"""
+    outer steps, in float64 to its rounding: within 1e-8 where phi moves by > 1e-3. The conv biases feed BatchNorm,
+    so their gradient is zero up to rounding, and inner Adam's normalisation (g / (sqrt(v) + 1e-8)) turns that
+    rounding into steps of its own: they differ by up to 1.2e-8 (measured on the synthetic images of 2026-12-06)
+    and are compared within 1e-7, still far below the 1e-3 phi moves."""
     base = [*OMNIGLOT, "device=cpu", "dtype=float64", f"inner_optimizer={inner}"]
     fused, functional = _experiment(*base), _experiment(*base, "fused_inner=false")
     assert fused.learner.fused and not functional.learner.fused
@@ -102,8 +104,11 @@ def test_in_place_inner_updates_give_the_functional_phi_and_state(inner):
     for _ in range(2):
         outer_step(fused), outer_step(functional)
     assert max((fused.phi[n] - phi0[n]).abs().max().item() for n in phi0) > 1e-3
+    layers = list(fused.learner.model)
+    noise = {f"{i}.bias" for i, (a, b) in enumerate(zip(layers, layers[1:])) if "Norm" in type(b).__name__}
+    assert noise and noise < set(phi0)
     for n in phi0:
-        torch.testing.assert_close(fused.phi[n], functional.phi[n], rtol=0, atol=1e-8)
+        torch.testing.assert_close(fused.phi[n], functional.phi[n], rtol=0, atol=1e-7 if n in noise else 1e-8)
     flat = lambda state: [v for k, d in sorted(state.items()) if isinstance(d, dict) for v in d.values()]  # noqa: E731
     assert len(flat(fused.inner_state)) == (2 * len(phi0) if inner == "adam" else 0)
     for a, b in zip(flat(fused.inner_state), flat(functional.inner_state)):
@@ -365,7 +370,7 @@ def test_cuda_only_fast_paths_fail_on_cpu_naming_the_knob(override):
 def test_bf16_warns_only_on_a_cpu_without_bfloat16_instructions(precision, caplog):
     """Emulated bfloat16 is many times slower than float32 (docs/benchmarks.md); the run says so but goes on."""
     _experiment(*SINE, "device=cpu", f"precision={precision}")
-    emulated = precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    emulated = precision == "bf16" and not native_bf16(torch.device("cpu"))[0]
     assert ("precision=bf16 on this CPU" in caplog.text) == emulated
 
 

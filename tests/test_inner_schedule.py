@@ -8,10 +8,10 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from test_fewshot_sampler import identity_splits
 
-from reptile_exp.config import ConfigError
 from reptile_exp.data.fewshot import FewShotClassification
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import minibatch_schedule
+from reptile_exp.errors import ConfigError
 from reptile_exp.experiment import build
 from reptile_exp.train import outer_step
 

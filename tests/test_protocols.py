@@ -3,6 +3,7 @@ bad protocol entries fail with one line naming the entry."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from conftest import run_train
 from hydra import compose, initialize_config_dir
 
 from reptile_exp import protocols
-from reptile_exp.config import ConfigError, register_schema
+from reptile_exp.config import register_schema
+from reptile_exp.errors import ConfigError
 from reptile_exp.experiment import build_dataset
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,10 +28,19 @@ def _compose(*overrides: str):
 
 def test_one_training_reports_every_protocol_and_each_equals_its_single_row_evaluation(tmp_path):
     train = tmp_path / "train"
-    run_train(tmp_path, "experiment=paper_omniglot_5w", "debug=smoke", f"hydra.run.dir={train}")
+    out = run_train(tmp_path, "experiment=paper_omniglot_5w", "debug=smoke", f"hydra.run.dir={train}")
     summary = json.loads((train / "summary.json").read_text())
     names = ["1shot", "1shot_transductive", "5shot", "5shot_transductive"]
     assert list(summary["protocols"]) == names
+    # the console: one line per protocol, saying what it is and that random images give no result
+    for name in names:
+        result = summary["protocols"][name]["test"]
+        line = (
+            f"{name}: test accuracy {100 * result['accuracy']:.4g}% (95% CI +-{100 * result['accuracy_ci95']:.2g} "
+            f"points over 4 tasks, {name[0]}-shot, 3 steps{', transductive' if 'trans' in name else ''}) "
+            "[synthetic random images: not a result]"
+        )
+        assert line in out.stderr
     assert summary["results"] == {"test": summary["protocols"]["1shot"]["test"]}
     assert summary["objective"] == summary["protocols"]["1shot"]["test"]["accuracy"]
     logged = {k for line in (train / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
@@ -48,6 +59,8 @@ def test_one_training_reports_every_protocol_and_each_equals_its_single_row_eval
         f"hydra.sweep.dir={sweep}",
         multirun=True,
     )
+    with open(sweep / "sweep_summary.csv") as f:  # evaluate-only jobs (evaluation.json) are finished jobs
+        assert [row["status"] for row in csv.DictReader(f)] == ["finished"] * 4
     evaluations = {}
     for job in sorted(sweep.glob("*/evaluation.json")):
         cfg = yaml.safe_load((job.parent / "config.yaml").read_text())

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from reptile_exp.atomic import atomic_write
-from reptile_exp.config import ConfigError, ReptileExpError
 from reptile_exp.data.tasks import TaskBatch, minibatch_schedule
+from reptile_exp.errors import ConfigError, ReptileExpError
 
 
 class DatasetError(ReptileExpError):
@@ -146,16 +146,23 @@ class FewShotClassification:
         return x.flatten(1, 2), y
 
 
-def synthetic_like(
-    loader: type, n_way: int, k_shot: int, train_shots: int, classes: int = 24, seed: int = 0
-) -> FewShotClassification:
-    """Random images of a loader's shape and pixel range in train/val/test splits: for smoke runs
+def describe_root(root: Path) -> str:
+    """dataset.root as an error line names it: the path, and what is wrong with it unless it is a folder."""
+    if root.is_dir():
+        return str(root)
+    return f"{root} (a file, not a folder)" if root.exists() else f"{root} (which does not exist)"
+
+
+def synthetic_like(loader: type, n_way: int, k_shot: int, train_shots: int, seed: int = 0) -> FewShotClassification:
+    """Random images of a loader's shape and pixel range in train/val/test splits with the real data's classes
+    (loader.split_classes(): an n_way above them is refused as for the real data): for smoke runs
     (`synthetic_data=true`, set by debug=smoke) where the real files are absent. Nothing is learnable."""
     per_class = max(train_shots, k_shot + 1) + 2
     g = torch.Generator().manual_seed(seed)
+    classes = loader.split_classes()
 
     def split(name: str) -> FewShotSplit:
-        shape = (max(classes, n_way), per_class, *loader.image_shape)
+        shape = (classes[name], per_class, *loader.image_shape)
         images = torch.randint(0, loader.pixel_levels, shape, generator=g, dtype=torch.uint8)
         return FewShotSplit(images, [f"{name}{i}" for i in range(shape[0])])
 

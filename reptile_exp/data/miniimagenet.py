@@ -26,6 +26,7 @@ from reptile_exp.data.fewshot import (
     FewShotClassification,
     FewShotSplit,
     cache_file,
+    describe_root,
     fingerprint,
     load_cache,
     save_cache,
@@ -45,6 +46,11 @@ class MiniImageNet(FewShotClassification):
 
     expected_classes = {"train": 64, "val": 16, "test": 20}
     image_shape, pixel_levels, pixel_scale = (3, SIZE, SIZE), 256, 1 / 255
+
+    @classmethod
+    def split_classes(cls) -> dict[str, int]:
+        """Classes per split of the real data (Ravi & Larochelle's split)."""
+        return dict(cls.expected_classes)
 
     def __init__(
         self,
@@ -79,7 +85,7 @@ def missing_error(root: Path, pickles: dict, tables: dict, download: bool) -> Da
     """The one-line "put the files here" error, listing both accepted layouts."""
     form = [*pickles.values()] if any(p.exists() for p in pickles.values()) else [*tables.values(), root / "images"]
     missing = ", ".join(p.name for p in form if not p.exists()) or "images/ or the csv files"
-    where = f"{root}" if root.is_dir() else f"{root} (which does not exist)"
+    where = describe_root(root)
     note = "; there is no working official download" if download else ""
     return DatasetNotFoundError(
         f"Mini-ImageNet not found: {missing} missing in {where}; put either mini-imagenet-cache-{{train,val,test}}.pkl"

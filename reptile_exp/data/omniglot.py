@@ -28,17 +28,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from reptile_exp.config import ConfigError
 from reptile_exp.data.fewshot import (
     DatasetError,
     DatasetNotFoundError,
     FewShotClassification,
     FewShotSplit,
     cache_file,
+    describe_root,
     fingerprint,
     load_cache,
     save_cache,
 )
+from reptile_exp.errors import ConfigError
 
 SETS = ("images_background", "images_evaluation")
 URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
@@ -56,6 +57,13 @@ class Omniglot(FewShotClassification):
     expected = (50, 1623, 20)  # alphabets, characters, drawings per character
     image_shape, pixel_levels, pixel_scale = (1, SIZE, SIZE), 2, 1.0
     num_train = 1200
+
+    @classmethod
+    def split_classes(cls) -> dict[str, int]:
+        """Classes per split of the real data: 4 rotations of each training character; the test characters (val:
+        as many, the most it can hold)."""
+        test = cls.expected[1] - cls.num_train
+        return {"train": 4 * cls.num_train, "val": test, "test": test}
 
     def __init__(
         self,
@@ -84,7 +92,7 @@ class Omniglot(FewShotClassification):
 
 def missing_error(root: Path, missing: list[str], download_failure: str = "") -> DatasetNotFoundError:
     """The one-line "put the files here" error."""
-    where = f"{root}" if root.is_dir() else f"{root} (which does not exist)"
+    where = describe_root(root)
     fix = f"download failed ({download_failure})" if download_failure else "or set dataset.download=true"
     return DatasetNotFoundError(
         f"Omniglot not found: {', '.join(missing)} missing in {where}; put images_background.zip and "

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .tasks import TaskBatch, minibatch_schedule
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 
 @dataclass

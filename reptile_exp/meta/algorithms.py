@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from ..config import ConfigError
 from ..data.tasks import TaskBatch
 from ..distributed import task_mean
+from ..errors import ConfigError
 from .learner import Learner
 from .optim import Params, State
 

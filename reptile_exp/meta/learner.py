@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..config import ConfigError
 from ..data.tasks import TaskBatch
+from ..errors import ConfigError
+from ..hardware import native_bf16
 from ..models import forward_tasks, task_batchable
 from .optim import Params, State
 
@@ -35,16 +36,17 @@ log = logging.getLogger(__name__)
 
 def check_fast_paths(device: torch.device, compile: str = "none", precision: str = "highest") -> None:
     """One-line ConfigError for a fast path that needs a CUDA GPU on another device; a warning for bf16 on a CPU
-    without bfloat16 instructions, where oneDNN emulates it (Omniglot training and evaluation 8x to 9x slower than
-    float32 on an AVX2-only CPU, docs/benchmarks.md)."""
+    without bfloat16 instructions (hardware.native_bf16), where oneDNN emulates it (Omniglot training and evaluation
+    8x to 9x slower than float32 on an AVX2-only CPU, docs/benchmarks.md)."""
     if device.type != "cuda" and (compile == "cudagraphs" or precision == "tf32"):
         knob = f"compile={compile}" if compile == "cudagraphs" else f"precision={precision}"
         raise ConfigError(f"{knob} is invalid on device={device.type}: it needs a CUDA GPU; leave it at its default")
-    if device.type == "cpu" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    native, why = native_bf16(device) if device.type == "cpu" and precision == "bf16" else (True, "")
+    if not native:
         log.warning(
-            "precision=bf16 on this CPU (%s, no bfloat16 instructions) is many times slower than float32; "
-            "leave precision=highest",
-            torch.backends.cpu.get_cpu_capability(),
+            "precision=bf16 on this CPU (%s: no bfloat16 instructions) is many times slower than float32; "
+            "leave precision=highest (or precision=auto)",
+            why,
         )
 
 

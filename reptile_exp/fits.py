@@ -1,0 +1,58 @@
+"""Whether one outer step and one evaluation chunk fit in the device's memory, checked before the run allocates
+them (issue 22): a configuration that cannot fit is refused in one line naming the knob, the estimate and what
+is available (memory.py), instead of growing until the kernel kills it. The estimates are upper bounds of the same
+kind as the evaluation chunk's (evaluate.task_bytes); values that fit run as before."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .evaluate import task_bytes
+from .experiment import Experiment
+from .memory import available_bytes, require
+from .meta.algorithms import MAML
+from .report import eval_chunk
+
+
+def check(exp: Experiment, training: bool) -> None:
+    """Refuse a meta_batch (training) or an eval_chunk / eval_memory_mb (evaluation) that cannot fit."""
+    cfg, data = exp.cfg, exp.dataset
+    if training:
+        per_task = step_bytes(exp)
+        fit = f"lower meta_batch (about {available_bytes(exp.device) // per_task:,} fit)"
+        require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device)
+    chunk = eval_chunk(exp, cfg.eval_tasks)
+    examples = data.n_way * (data.k_shot + 1) if data.kind == "classification" else cfg.eval_batch
+    need = chunk * task_bytes(exp.learner, exp.phi, data.input_shape, examples)
+    knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
+    require(need, f"{knob}: one evaluation chunk of {chunk} tasks", f"lower {knob.partition('=')[0]}", exp.device)
+
+
+def step_bytes(exp: Experiment) -> int:
+    """One task's share of an outer step: its sampled examples (sampled_bytes), the random keys that draw them (a
+    key per class of the split and per example of each chosen class) and its adaptation (second-order MAML keeps
+    every inner step's activations for the outer gradient)."""
+    cfg, data = exp.cfg, exp.dataset
+    query = exp.algorithm.query_shots
+    keys = 0
+    if "train" in getattr(data, "splits", {}):
+        num_classes, per_class = data.splits["train"].images.shape[:2]
+        keys = 4 * (num_classes + data.n_way * per_class)
+    examples = cfg.inner_batch + query * (data.n_way if data.kind == "classification" else 1)
+    steps_kept = cfg.k if isinstance(exp.algorithm, MAML) and not exp.algorithm.first_order else 1
+    adaptation = steps_kept * task_bytes(exp.learner, exp.phi, data.input_shape, examples)
+    return sampled_bytes(data, cfg.k, cfg.inner_batch, query, exp.dtype) + keys + adaptation
+
+
+def sampled_bytes(data, k: int, inner_batch: int, query_shots: int, dtype: torch.dtype) -> int:
+    """The bytes of one training task as the sampler returns it in dtype (x, y, the k minibatches of indices, the
+    query examples), from the dataset's shapes without drawing it (a check must not draw random numbers)."""
+    if data.kind == "classification":
+        n, query, label = data.n_way * data.train_shots, data.n_way * query_shots, 8  # int64 labels
+    else:
+        n = data.n_points if data.x_sampling == "grid" else data.k_shot + query_shots
+        n, query, label = n - query_shots, query_shots, dtype.itemsize
+    example = math.prod(data.input_shape) * dtype.itemsize + label
+    return (n + query) * example + 8 * k * inner_batch

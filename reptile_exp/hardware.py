@@ -1,0 +1,56 @@
+"""What the machine computes natively, and the fast paths `auto` picks from it (issue 21).
+
+bfloat16 is native on a CPU with AVX512-BF16 or AMX-BF16 instructions (the kernel's cpuinfo flags) and on a GPU of
+compute capability 8.0 or more. Elsewhere oneDNN emulates it: on the 2-core Xeon VM without those flags, a bfloat16
+matmul ran 2.7x slower than float32 (docs/benchmarks.md), though oneDNN's own check
+(torch.ops.mkldnn._is_mkldnn_bf16_supported) said yes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags (Linux), or None where the kernel does not list them."""
+    if not cpuinfo.exists():
+        return None
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[bool, str]:
+    """Whether device computes bfloat16 natively, and why (what was found)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return major >= 8, f"compute capability {major}.{minor}"
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported(), "oneDNN's check (no cpuinfo flags)"
+    found = sorted(BF16_FLAGS & flags)
+    if found:
+        return True, " and ".join(found)
+    return False, f"{torch.backends.cpu.get_cpu_capability()} without AVX512-BF16 or AMX-BF16"
+
+
+def resolve(device: torch.device, compile: str, precision: str) -> tuple[str, str, str | None]:
+    """compile and precision with `auto` made concrete, and a line saying what auto chose (None without auto).
+
+    precision=auto: bf16 where native, else highest (float32). compile=auto: cudagraphs on CUDA (the paper's
+    models launch many tiny kernels per step); none on a CPU, where inductor's gain is machine-dependent (training
+    1.06x to 1.32x or slower, evaluation slower on every machine measured: docs/benchmarks.md)."""
+    chosen = []
+    if precision == "auto":
+        native, why = native_bf16(device)
+        precision = "bf16" if native else "highest"
+        chosen.append(f"precision=auto -> {precision} ({'native' if native else 'no native'} bfloat16: {why})")
+    if compile == "auto":
+        compile = "cudagraphs" if device.type == "cuda" else "none"
+        chosen.append(f"compile=auto -> {compile} (on {device.type})")
+    return compile, precision, "; ".join(chosen) or None

@@ -1,0 +1,59 @@
+"""The memory a device has available, and the one-line refusal of a configuration that cannot fit in it (issue 22).
+
+On the CPU the least of: the kernel's MemAvailable, the headroom under the process's address-space limit
+(RLIMIT_AS, as `ulimit -v` and some schedulers set it) and under its cgroup's memory limit. On CUDA the driver's
+free memory plus what PyTorch's caching allocator holds unused. A configuration refused here would otherwise grow
+until the kernel's OOM killer ends it, or a neighbour's job on a shared node.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import torch
+
+from .errors import ConfigError
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    limits = [_meminfo("MemAvailable")]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft - _status("VmSize"))
+    cgroup = Path("/sys/fs/cgroup")
+    if (cgroup / "memory.max").exists() and (limit := (cgroup / "memory.max").read_text().strip()) != "max":
+        limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    return max(0, min(x for x in limits if x is not None))
+
+
+def require(need: int, what: str, fix: str, device: torch.device) -> None:
+    """ConfigError in one line when `need` bytes (what they are for) exceed what `device` has available."""
+    have = available_bytes(device)
+    if need > have:
+        raise ConfigError(f"{what} needs about {gib(need)} but {gib(have)} is available on {device.type}; {fix}")
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _meminfo(key: str) -> int | None:
+    """A /proc/meminfo entry in bytes (None off Linux)."""
+    path = Path("/proc/meminfo")
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _status(key: str) -> int:
+    """A /proc/self/status entry in bytes (0 off Linux)."""
+    path = Path("/proc/self/status")
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
