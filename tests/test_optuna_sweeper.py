@@ -143,6 +143,8 @@ def test_the_same_command_continues_the_study_under_joblib(tmp_path):
     trials = study_of(sweep_dir).trials
     assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(4)]
     assert trials[2].params == orphan.params  # relaunched with its own parameters
+    # its job re-attached to trial 2 by the number in its overrides, as a requeued SLURM job does
+    assert [list(t.intermediate_values) for t in trials] == [[5, 10, 15, 20]] * 4
     assert {n: (sweep_dir / n / "summary.json").stat().st_mtime_ns for n in ("0", "1")} == finished
     table = rows(sweep_dir)
     assert [(r["job"], r["status"]) for r in table] == [(str(n), "finished") for n in range(4)]
