@@ -1,10 +1,16 @@
 """The checkpoint a run starts from, named by the knob the user set (issue 12): a bad `resume=` is reported as
-`resume`, a bad `checkpoint=` (evaluate_only=true) as `checkpoint`, in one line, exit status 1."""
+`resume`, a bad `checkpoint=` (evaluate_only=true) as `checkpoint`, in one line, exit status 1; a run's W&B identity
+(issue 22)."""
 
 from __future__ import annotations
 
 import pytest
-from conftest import run_train
+from conftest import ROOT, run_train
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+
+import reptile_exp.train  # noqa: F401  (registers the config schema)
+from reptile_exp.rundir import run_identity
 
 
 @pytest.mark.parametrize(
@@ -20,3 +26,20 @@ def test_a_missing_checkpoint_is_reported_under_the_knob_that_named_it(tmp_path,
     assert f"error: {knob}={tmp_path}/missing/dir is invalid: {tmp_path}/missing/dir does not exist" in errors[0]
     other = {"resume": "checkpoint", "checkpoint": "resume"}[knob]
     assert f"{other}=" not in errors[0]
+
+
+@pytest.mark.parametrize(("group", "expected"), [(None, "k_sweep"), ("ablations", "ablations")])
+def test_a_sweeps_wandb_group_is_logger_group_when_given_else_the_sweep_dirs_name(tmp_path, group, expected):
+    """docs/sweeps.md: every job of a multirun is grouped under the sweep dir's name; `logger.group=...` sets
+    another (it used to lose to the sweep dir's name)."""
+    overrides = ["hydra.mode=MULTIRUN", f"hydra.sweep.dir={tmp_path}/k_sweep", "k=2", "seed=1"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose(
+            "train", overrides=[*overrides, *([f"logger.group={group}"] if group else [])], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)
+    try:
+        name, run_group, job_type = run_identity(cfg, tmp_path)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert (name, run_group, job_type) == ("sine-reptile k=2,seed=1", expected, "sine-reptile")

@@ -1,0 +1,361 @@
+"""The docs say what the code does (issue 22): every `python -m reptile_exp.train ...` command of docs/*.md composes
+and passes the config checks, every message quoted in docs/troubleshooting.md's tables is one the code prints, and
+the two reference pages stay short enough to scan. (README.md's commands are run, not only composed:
+tests/test_readme_commands.py.)
+
+A docs command is taken as bash would run it: the shell variables of its code block (`for x in a b; do`,
+`name="..."`) filled in, unquoted `{a,b}` brace-expanded; then composed in this process with Hydra's compose API,
+once per value of each swept knob (`-m a=1,2`, `range(...)`, `glob(...)`), and checked with `validate`, the checks
+`python -m reptile_exp.train` makes before any work. Nothing is trained and no data is read, so commands that need
+a cluster, a GPU or the real datasets are composed too.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import re
+import shlex
+from functools import cache
+
+import pytest
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from omegaconf import open_dict, read_write
+
+from reptile_exp import train  # registers the config schema; train.validate: the checks a run makes before any work
+from reptile_exp.config import GROUP_RANGES, RANGES
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+ENTRY = ("python", "-m", "reptile_exp.train")
+# Placeholders a docs command may hold, and what the composition puts there (any path composes: nothing is read).
+PLACEHOLDERS = {
+    "<run>": "/placeholder/run_dir",
+    "<run dir>": "/placeholder/run_dir",
+    "<omniglot dir>": "/placeholder/omniglot",
+}
+# Flags of the command line that are not overrides.
+FLAGS = ("-m", "--multirun")
+SEPARATORS = ("&&", "||", "|", ";", "&")
+SWEEPS = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP, ValueType.RANGE_SWEEP)
+
+
+# ---------------------------------------------------------------------------------------------- the commands
+
+
+def brace_expand(line: str) -> str:
+    """bash's brace expansion of the unquoted `{a,b,...}` in a line: `x={true,false}` -> `x=true x=false`."""
+    words, word, quote = [], "", None
+    for ch in line:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch.isspace():
+            words.append(word)
+            word = ""
+            continue
+        word += ch
+    words.append(word)
+    out = []
+    for word in words:
+        match = re.search(r"\{([^{}'\"]*,[^{}'\"]*)\}", word) if "'" not in word and '"' not in word else None
+        while match:  # one brace group at a time, left to right, as bash
+            alternatives = [word[: match.start()] + alt + word[match.end() :] for alt in match[1].split(",")]
+            word = " ".join(alternatives)
+            match = re.search(r"\{([^{}'\"]*,[^{}'\"]*)\}", word)
+        out.append(word)
+    return " ".join(out)
+
+
+def block_lines(block: str) -> list[str]:
+    """The command lines of a fenced code block, its shell variables filled in (one line per loop value)."""
+    block = block.replace("\\\n", " ")
+    assigned = dict(re.findall(r'^\s*(\w+)="([^"]*)"\s*$', block, flags=re.M))
+    loops = dict(re.findall(r"for (\w+) in ([^;]+); do", block))
+    lines = []
+    for line in block.splitlines():
+        for name, value in assigned.items():
+            line = re.sub(rf"\$\{{{name}\}}|\${name}\b", value, line)
+        used = [name for name in loops if re.search(rf"\$\{{{name}\}}|\${name}\b", line)]
+        for values in itertools.product(*(loops[name].split() for name in used)):
+            filled = line
+            for name, value in zip(used, values):
+                filled = re.sub(rf"\$\{{{name}\}}|\${name}\b", value, filled)
+            lines.append(filled)
+    return lines
+
+
+def doc_commands(text: str) -> list[list[str]]:
+    """The train commands of a markdown text, as bash would pass them: those of fenced code blocks and of inline
+    code spans (which may run over a line break), each cut at `&&`, `|` or `;`, in order, without repeats."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+    lines = [line for block in blocks for line in block_lines(block)]
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    lines += [span.replace("\n", " ") for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", prose)]
+    commands: list[list[str]] = []
+    for line in lines:
+        if "reptile_exp.train" not in line:
+            continue
+        for placeholder in PLACEHOLDERS:
+            line = line.replace(placeholder, placeholder.replace(" ", "\0"))
+        words = [w.replace("\0", " ") for w in shlex.split(brace_expand(line), comments=True)]
+        for start in range(len(words)):
+            torchrun = words[start] == "torchrun" and "reptile_exp.train" in words[start:]
+            if torchrun or tuple(words[start : start + 3]) == ENTRY:
+                end = next((i for i in range(start, len(words)) if words[i] in SEPARATORS), len(words))
+                command = words[start:end]
+                if command not in commands:
+                    commands.append(command)
+    return commands
+
+
+def overrides_of(command: list[str]) -> list[str]:
+    """The overrides of a command: its words after `reptile_exp.train`, the flags left out, placeholders filled."""
+    words = command[command.index("reptile_exp.train") + 1 :]
+    unknown = [w for w in words if w.startswith("-") and w not in FLAGS]
+    assert not unknown, f"{shlex.join(command)}: flags this test does not know: {unknown}"
+    out = []
+    for word in words:
+        if word in FLAGS:
+            continue
+        for placeholder, value in PLACEHOLDERS.items():
+            word = word.replace(placeholder, value)
+        assert not re.search(r"<[^<>]*>", word), f"{word!r}: a placeholder this test does not know ({PLACEHOLDERS})"
+        out.append(word)
+    return out
+
+
+def jobs_of(overrides: list[str]) -> list[list[str]]:
+    """The jobs to compose: every value of every swept knob (a range: its first and last) at least once, the other
+    knobs at their first value."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = [o.key_or_group for o in parsed]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    assert not repeated, f"{repeated} given twice: Hydra keeps the last, so the command does not do what it shows"
+    values = []
+    for o, text in zip(parsed, overrides):
+        key = text.partition("=")[0]
+        if o.value_type in SWEEPS:
+            swept = list(o.sweep_string_iterator())
+            swept = swept[:: max(len(swept) - 1, 1)] if o.value_type == ValueType.RANGE_SWEEP else swept
+            values.append([f"{key}={v}" for v in swept])
+        elif o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            options = sorted(p.stem for p in (ROOT / "conf" / o.key_or_group).glob("*.yaml"))
+            chosen = o.value().filter(options)
+            assert chosen, f"{text}: matches no option of conf/{o.key_or_group}/"
+            values.append([f"{key}={v}" for v in chosen])
+        else:
+            assert not o.is_sweep_override(), f"{text}: a sweep this test cannot enumerate"
+            values.append([text])
+    first = [v[0] for v in values]
+    jobs = [first]
+    for i, options in enumerate(values):
+        jobs += [[*first[:i], v, *first[i + 1 :]] for v in options[1:]]
+    return jobs
+
+
+@cache
+def compose_and_check(overrides: tuple[str, ...]) -> None:
+    """Compose as `python -m reptile_exp.train` does and run its checks (`validate`), nothing else."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        train.validate(cfg)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+COMMANDS = [(path.name, command) for path in DOCS for command in doc_commands(path.read_text())]
+
+
+def test_the_docs_show_train_commands():
+    assert {name for name, _ in COMMANDS} >= {"benchmarks.md", "reproduce.md", "results.md", "sweeps.md"}
+
+
+@pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}: {' '.join(c)}" for d, c in COMMANDS])
+def test_a_docs_command_composes_and_passes_the_config_checks(doc, command):
+    for job in jobs_of(overrides_of(command)):
+        try:
+            compose_and_check(tuple(job))
+        except Exception as e:  # noqa: BLE001 - any failure, named with the job
+            pytest.fail(f"{doc}: {shlex.join(command)}\njob {shlex.join(job)}: {type(e).__name__}: {e}")
+
+
+def test_brace_expansion_and_shell_variables_are_read_as_bash_does():
+    text = "```bash\nfor t in false true; do\n  python -m reptile_exp.train a=$t x={1,2} 'y={3,4}'\ndone\n```\n"
+    assert doc_commands(text) == [
+        [*ENTRY, "a=false", "x=1", "x=2", "y={3,4}"],
+        [*ENTRY, "a=true", "x=1", "x=2", "y={3,4}"],
+    ]
+    with pytest.raises(AssertionError, match="given twice"):
+        jobs_of(["a=false", "x=1", "x=2"])
+    assert jobs_of(["a=1,2", "k=range(1,4)", "b=3"]) == [
+        ["a=1", "k=1", "b=3"],
+        ["a=2", "k=1", "b=3"],
+        ["a=1", "k=3", "b=3"],
+    ]
+
+
+# -------------------------------------------------------------------------------- the messages of troubleshooting.md
+
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# In a quoted message: `...` (and the start and end of the line) stand for any text; a placeholder (<file>) for a value.
+# In a template: a value the code fills in ({path}, %s).
+STAR, VALUE, HOLE = "\1", "\3", "\2"
+# Text in the quoted messages that comes from a library, not from reptile_exp: the library's words as a template.
+LIBRARY = {
+    "Value \2 of type \2 could not be converted to Integer": "OmegaConf, a value of the wrong type",
+    "Invalid value \2, expected one of [\2]": "OmegaConf, a value outside an Enum's options",
+    "no viable alternative at input \2": "Hydra's override parser",
+    "Interpolation key \2 not found": "OmegaConf, an interpolation that points nowhere",
+    "Error locating target \2": "Hydra's instantiate, a _target_ that does not import",
+    "Error in call to target \2": "Hydra's instantiate, a _target_ that raised",
+    "\2 unexpected keyword argument \2": "Python, a key the _target_ does not take",
+    "No space left on device": "the OS's strerror (ENOSPC)",
+}
+
+
+def _templates_of(node: ast.AST) -> str | None:
+    """A string expression as a template: its literal text, each value it fills in as HOLE."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.sub(r"%[-#0 +]*\d*(?:\.\d+)?[sdrfgi]", HOLE, node.value)  # a logging call's %s, %d, %.4g
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else HOLE for v in node.values)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _templates_of(node.left), _templates_of(node.right)
+        if left is not None or right is not None:
+            return (left or HOLE) + (right or HOLE)
+    return None
+
+
+@cache
+def code_templates() -> tuple[str, ...]:
+    """Every string the package can print, as templates: its string literals, f-strings and their `+` sums, and the
+    ranges a message names (`an integer >= 1`: config.Range's text)."""
+    found = set(LIBRARY) | {str(r) for r in [*RANGES.values(), *(r for g in GROUP_RANGES.values() for r in g.values())]}
+    for path in sorted((ROOT / "reptile_exp").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, DOCUMENTED) and ast.get_docstring(n)}
+        for node in ast.walk(tree):
+            template = None if id(node) in docstrings else _templates_of(node)
+            if template and " " in template and len(template.replace(HOLE, "")) >= 4:  # not a key or a name
+                found.add(template)
+    return tuple(sorted(found))
+
+
+@cache
+def _is_value(text: str) -> bool:
+    """Text a template's hole may hold without a template of its own: one word (a path, a number, `key=value`, a
+    placeholder), a list `a, b`, and brackets, parentheses or quotes holding what they like (`[64, 0]`, `'a b'`)."""
+    for pattern in (r"\([^()]*\)", r"\[[^\[\]]*\]", r"'[^']*'", r'"[^"]*"'):
+        for _ in range(3):  # nested brackets
+            text = re.sub(pattern, "x", text)
+    return not re.search(r"\s", re.sub(r"(?<=\S), (?=\S)", ",", text))
+
+
+def printed_by_the_code(message: str) -> bool:
+    """Whether the code can print a line that holds `message`, its key phrase: the phrase matches a template whose
+    literal text it keeps, in order, where each value filled in is a plain value (_is_value) or itself matches a
+    template. A placeholder (<file>) stands for a value; `...` for any part of a template (values or words left
+    out); the phrase may leave out the start and the end of the line."""
+    literal = {p for p in re.findall(r"<[^<>]*>", message) if any(p in t for t in code_templates())}
+    doc = re.sub(r"<[^<>]*>", lambda m: m[0] if m[0] in literal else VALUE, message)  # <file or run dir> is literal
+    doc = STAR + re.sub(r"\s*\.\.\.", STAR, doc) + STAR
+    templates = [(t, words, shape) for t, words, shape in _chunked_templates() if any(w in doc for w in words)]
+
+    @cache
+    def span_matches(start: int, end: int) -> bool:
+        text = doc[start:end]
+        if STAR in text:
+            return any(matches(start, end, t) for t, words, _ in templates if any(w in text for w in words))
+        return any(matches(start, end, t) for t, _, shape in templates if shape.fullmatch(text))  # quicker, exact
+
+    @cache
+    def matches(start: int, end: int, template: str) -> bool:
+        """A walk over (position in the span, position in the template), from the start of both to their ends."""
+        for first, last in ((template[0], doc[start]), (template[-1], doc[end - 1])):
+            if first != HOLE and last not in (first, STAR):
+                return False
+        seen, todo = set(), [(start, 0)]
+        while todo:
+            i, j = todo.pop()
+            if (i, j) in seen:
+                continue
+            seen.add((i, j))
+            if j == len(template) and all(c == STAR for c in doc[i:end]):
+                return True
+            if i < end and doc[i] == STAR:  # a placeholder: stands for nothing more, or for the template's next item
+                todo += [(i + 1, j)] + ([(i, j + 1)] if j < len(template) else [])
+            if j == len(template):
+                continue
+            if template[j] == HOLE:  # a value, or a part built from another template (a shorter span, not after `...`)
+                after = template[j + 1 : j + 2]
+                for k in range(i, end + 1):
+                    if after in ("", HOLE) or (k < end and doc[k] in (after, STAR)):
+                        fill = doc[i:k]
+                        if _is_value(fill) or (k - i < end - start and fill[:1] != STAR and span_matches(i, k)):
+                            todo.append((k, j + 1))
+            elif i < end and doc[i] == template[j]:
+                todo.append((i + 1, j + 1))
+        return False
+
+    return span_matches(0, len(doc))
+
+
+@cache
+def _chunked_templates() -> tuple[tuple[str, tuple[str, ...], re.Pattern], ...]:
+    """Each template with its words of 3 letters or more (a span is tried against a template holding one of them)
+    and its shape, a regex of its literal text with any text in its holes (for a span without `...`)."""
+    return tuple(
+        (t, tuple(set(re.findall(r"[A-Za-z]{3,}", t))), re.compile(".*".join(map(re.escape, t.split(HOLE))), re.S))
+        for t in code_templates()
+    )
+
+
+def troubleshooting_messages() -> list[str]:
+    """The code spans of the first column of every table whose header starts `| message (key phrase) |`."""
+    messages, in_table = [], False
+    for line in (ROOT / "docs" / "troubleshooting.md").read_text().splitlines():
+        if line.startswith("| message (key phrase) |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and not line.startswith("|---"):
+            messages += re.findall(r"`([^`]+)`", line.split(" | ")[0])
+    return messages
+
+
+MESSAGES = troubleshooting_messages()
+
+
+def test_troubleshooting_quotes_messages():
+    assert len(MESSAGES) >= 50
+
+
+@pytest.mark.parametrize("message", MESSAGES)
+def test_a_quoted_message_is_one_the_code_prints(message):
+    assert printed_by_the_code(message), f"docs/troubleshooting.md quotes {message!r}; the code prints no such line"
+
+
+def test_the_message_matcher_tells_a_reworded_message_from_a_real_one():
+    assert printed_by_the_code("checkpoint <file> cannot be loaded: ...")
+    assert printed_by_the_code("diverged at iteration 7: the inner-loop loss (nan) is not finite; ...")
+    assert not printed_by_the_code("checkpoint <file> could not be loaded: ...")  # reworded
+    assert not printed_by_the_code("diverged at iteration 7: the outer loss (nan) is not finite; ...")  # no such part
+    assert not printed_by_the_code("k=0 is invalid: must be a whole number")  # a reason the code never gives
+
+
+# ------------------------------------------------------------------------------------------------- their length
+
+
+@pytest.mark.parametrize("doc", ["benchmarks.md", "results.md"])
+def test_a_reference_page_stays_under_2500_words(doc):
+    words = len((ROOT / "docs" / doc).read_text().split())  # as `wc -w` counts
+    assert words < 2500, f"docs/{doc} has {words} words: one current table per topic, history in CHANGELOG.md"
