@@ -27,7 +27,6 @@ import math
 import os
 import socket
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +256,8 @@ class ReptileOptunaSweeper(Sweeper):
         if "pruned_at" in summary:
             study.tell(number, state=TrialState.PRUNED)
             return []
+        if "objective_name" in summary:
+            self.set_attr(study, number, "objective_name", summary["objective_name"])  # the figure's axis
         values = [
             returned if name == "objective" else OmegaConf.select(OmegaConf.create(summary), name)
             for name in self.objectives
@@ -270,10 +271,8 @@ class ReptileOptunaSweeper(Sweeper):
 
     def write_results(self, study: Any, sweep_dir: Path) -> None:
         """optimization_results.yaml (the best trial; several objectives: the Pareto front) and the optimisation
-        history figure (the first objective's, trial by trial, and its best so far)."""
+        history figure."""
         import optuna
-
-        from reptile_exp.plots import pyplot
 
         states = [t.state.name.lower() for t in study.trials]
         results: dict[str, Any] = {
@@ -291,17 +290,31 @@ class ReptileOptunaSweeper(Sweeper):
             results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values} for t in front]
             log.info("Pareto front of %d trials: %s", len(front), [t.number for t in front])
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        if not complete:
+        self.draw_history(study, sweep_dir / "optimization_history.png")
+
+    def draw_history(self, study: Any, path: Path) -> None:
+        """The first objective trial by trial (the jobs that failed and returned the penalty left out), each pruned
+        trial at the last value it reported, and the best so far."""
+        from optuna.trial import TrialState
+
+        from reptile_exp.plots import pyplot
+
+        trials = [t for t in study.trials if "error" not in t.user_attrs]
+        done = [(t.number, t.values[0]) for t in trials if t.state == TrialState.COMPLETE]
+        pruned = [(t.number, t.value) for t in trials if t.state == TrialState.PRUNED and t.value is not None]
+        if not done:
             return
+        sign = 1 if self.directions[0] == "minimize" else -1
+        best = [(n, sign * min(sign * v for _, v in done[: i + 1])) for i, (n, _) in enumerate(done)]
         plt = pyplot()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = optuna.visualization.matplotlib.plot_optimization_history(
-                study,
-                target=None if len(self.directions) == 1 else lambda t: t.values[0],  # one: with its best so far
-                target_name=self.objectives[0],
-            )
-        ax.figure.set_size_inches(7, 4)
-        ax.figure.tight_layout()
-        ax.figure.savefig(sweep_dir / "optimization_history.png", dpi=110)
-        plt.close(ax.figure)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.scatter(*zip(*done), label="complete")
+        if pruned:
+            ax.scatter(*zip(*pruned), marker="x", label="pruned (its last reported value)")
+        ax.step(*zip(*best), where="post", color="C3", label="best so far")
+        name = next((t.user_attrs["objective_name"] for t in trials if "objective_name" in t.user_attrs), "")
+        ax.set(xlabel="trial", ylabel=f"{self.objectives[0]} {name}".strip(), title=f"study {study.study_name}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
