@@ -1,8 +1,8 @@
 """What the machine computes natively, and the fast paths `auto` picks from it (issue 21).
 
 bfloat16 is native on a CPU with AVX512-BF16 or AMX-BF16 instructions (the kernel's cpuinfo flags) and on a GPU of
-compute capability 8.0 or more. Elsewhere oneDNN emulates it: on the 2-core Xeon VM without those flags, a bfloat16
-matmul ran 2.7x slower than float32 (docs/benchmarks.md), though oneDNN's own check
+compute capability 8.0 or more. Elsewhere oneDNN emulates it: on a 2-core Xeon VM without those flags, bfloat16
+matmuls ran 6x slower than float32 (docs/benchmarks.md, "CPU"), though oneDNN's own check
 (torch.ops.mkldnn._is_mkldnn_bf16_supported) said yes.
 """
 
