@@ -180,8 +180,9 @@ def test_two_sweeper_processes_share_one_study(tmp_path):
 
 
 def test_several_objectives_return_a_pareto_front(tmp_path):
-    """Minimise the test MSE and the training time: optimization_results.yaml holds the trials no other trial beats
-    on both, as the study (loaded from its journal) says."""
+    """Minimise the test MSE and the training time, the study in a sqlite database (an RDB URL):
+    optimization_results.yaml holds the trials no other trial beats on both, as the study says."""
+    database = f"sqlite:///{tmp_path / 'optuna.db'}"
     sweep(
         tmp_path,
         *TINY,
@@ -192,9 +193,11 @@ def test_several_objectives_return_a_pareto_front(tmp_path):
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.direction=[minimize,minimize]",
         "hydra.sweeper.objectives=[objective,seconds]",
+        f"hydra.sweeper.storage={database}",
     )
     sweep_dir = tmp_path / "sweep"
-    study = study_of(sweep_dir)
+    assert not (sweep_dir / "optuna_journal.log").exists()
+    study = optuna.load_study(study_name="sweep", storage=database)
     front = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["solutions"]
     assert front and [s["trial"] for s in front] == [t.number for t in study.best_trials]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
