@@ -111,14 +111,22 @@ def _skip_unrecorded(mine: dict, theirs: dict, path: Path) -> None:
 def finished_objective(cfg: DictConfig, out_dir: Path, state: dict | None) -> float | None:
     """The objective of this run dir's finished run when there is nothing left to do, else None.
 
-    A run dir with a summary.json and unfinished training is refused unless overwrite=true.
+    A run dir with a summary.json and unfinished training is refused unless overwrite=true; a run an Optuna pruner
+    stopped (summary.json's `pruned_at`: pruning.py) has nothing left to do either, so its trial's job, launched again
+    by a sweeper that did not learn its end, returns it.
     """
     summary_path = out_dir / "summary.json"
     if cfg.evaluate_only or cfg.overwrite or not summary_path.exists():
         return None
-    if state is not None and state["finished"] and state["iteration"] == cfg.iterations:
-        log.info("this run already finished; its results are in %s (overwrite=true to redo them)", summary_path)
-        return json.loads(summary_path.read_text())["objective"]
+    summary = json.loads(summary_path.read_text())
+    pruned = state is not None and summary.get("pruned_at") == state["iteration"]
+    if pruned or (state is not None and state["finished"] and state["iteration"] == cfg.iterations):
+        log.info(
+            "this run already %s; its results are in %s (overwrite=true to redo them)",
+            "was pruned" if pruned else "finished",
+            summary_path,
+        )
+        return summary["objective"]
     found = f"its newest checkpoint is at iteration {state['iteration']}" if state else "it has no checkpoint"
     raise ConfigError(
         f"overwrite=false is invalid here: {out_dir} holds a finished run's results (summary.json) and {found}, "
