@@ -154,8 +154,9 @@ def test_the_same_command_continues_the_study_under_joblib(tmp_path):
 
 def test_two_sweeper_processes_share_one_study(tmp_path):
     """Two sweeper processes started together on one sweep dir (its journal), each launching one trial at a time
-    with its own sampler seed: 3 trials in all, each run once in its own dir, and both processes end with the whole
-    study in their summary (the first to run out of trials waits for the other's)."""
+    with its own sampler seed: 3 trials in all (4 when both asked for the last at once: docs/sweeps.md), each run once
+    in its own dir, and both processes end with the whole study in their summary (the first to run out of trials
+    waits for the other's)."""
     args = [*TINY, "inner_lr=tag(log,interval(0.001,0.1))", "logger.mode=disabled", "hydra.sweeper.n_trials=3"]
     procs = [
         subprocess.Popen(
@@ -174,9 +175,11 @@ def test_two_sweeper_processes_share_one_study(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
     sweep_dir = tmp_path / "sweep"
     trials = study_of(sweep_dir).trials
-    assert [(t.number, t.state) for t in trials] == [(n, TrialState.COMPLETE) for n in range(3)]
-    assert [r["job"] for r in rows(sweep_dir)] == ["0", "1", "2"]
-    assert all((sweep_dir / str(n) / "train.log").read_text().count("results in") == 1 for n in range(3))
+    assert len(trials) in (3, 4) and [(t.number, t.state) for t in trials] == [
+        (n, TrialState.COMPLETE) for n in range(len(trials))
+    ]
+    assert [r["job"] for r in rows(sweep_dir)] == [str(t.number) for t in trials]
+    assert all((sweep_dir / str(t.number) / "train.log").read_text().count("results in") == 1 for t in trials)
 
 
 def test_several_objectives_return_a_pareto_front(tmp_path):
