@@ -62,6 +62,16 @@ def final_phi(run_dir: Path) -> dict:
 
 
 @pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread, here and in subprocesses: on a busy 2-core machine a second one spin-waits."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tmp_env(tmp_path):
     return clean_env(tmp_path)
 

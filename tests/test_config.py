@@ -194,7 +194,10 @@ BAD = [
     (("eval_every=-1",), "eval_every=-1 is invalid"),
     (("eval_every_tasks=0",), "eval_every_tasks=0 is invalid"),
     (("synthetic_data=maybe",), "synthetic_data='maybe' is invalid"),
-    (("compile=jit",), "compile='jit' is invalid: Invalid value 'jit', expected one of [none, inductor, cudagraphs, auto]"),
+    (
+        ("compile=jit",),
+        "compile='jit' is invalid: Invalid value 'jit', expected one of [none, inductor, cudagraphs, auto]",
+    ),
     (("precision=fp16",), "precision='fp16' is invalid"),
     (("fused_inner=maybe",), "fused_inner='maybe' is invalid"),
     (("grouped_tasks=maybe",), "grouped_tasks='maybe' is invalid"),

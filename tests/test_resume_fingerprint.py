@@ -56,14 +56,7 @@ STEERS_THE_LOAD = ("resume", "checkpoint", "evaluate_only")  # they choose what 
 MESSAGE = re.compile(r"was made with another config \(([\w.]+): this run has (.*), the checkpoint has (.*)\); ")
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread, here and in the subprocess: on a busy 2-core machine a second one spin-waits."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 def compose_cfg(*overrides: str):
