@@ -2,7 +2,7 @@
 
 bfloat16 is native on a CPU with AVX512-BF16 or AMX-BF16 instructions (the kernel's cpuinfo flags) and on a GPU of
 compute capability 8.0 or more. Elsewhere oneDNN emulates it: on a 2-core Xeon VM without those flags, bfloat16
-matmuls ran 6x slower than float32 (docs/benchmarks.md, "CPU"), though oneDNN's own check
+matmuls ran 5x to 6x slower than float32 (docs/benchmarks.md, "CPU"), though oneDNN's own check
 (torch.ops.mkldnn._is_mkldnn_bf16_supported) said yes.
 """
 

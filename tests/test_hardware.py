@@ -26,7 +26,7 @@ def _cpuinfo(tmp_path, flags: str | None):
 )
 def test_native_bf16_follows_the_cpus_flags(tmp_path, flags, native):
     """The 2-core Xeon VM of 2026-12-06 lists avx512f without avx512_bf16, and oneDNN's own check said yes there,
-    where bfloat16 matmuls ran 6x slower than float32 (docs/benchmarks.md): the flags decide."""
+    where bfloat16 matmuls ran 5x to 6x slower than float32 (docs/benchmarks.md): the flags decide."""
     found, why = native_bf16(CPU, _cpuinfo(tmp_path, flags))
     assert found is native
     assert ("bf16" in why) if native else ("without AVX512-BF16 or AMX-BF16" in why)
