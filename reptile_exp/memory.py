@@ -20,10 +20,10 @@ def available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    limits = [_meminfo("MemAvailable")]
+    limits = [_proc_bytes("/proc/meminfo", "MemAvailable")]
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        limits.append(soft - _status("VmSize"))
+        limits.append(soft - (_proc_bytes("/proc/self/status", "VmSize") or 0))
     cgroup = Path("/sys/fs/cgroup")
     if (cgroup / "memory.max").exists() and (limit := (cgroup / "memory.max").read_text().strip()) != "max":
         limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
@@ -41,19 +41,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def _meminfo(key: str) -> int | None:
-    """A /proc/meminfo entry in bytes (None off Linux)."""
-    path = Path("/proc/meminfo")
-    for line in path.read_text().splitlines() if path.exists() else []:
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A `key: N kB` entry of a /proc file in bytes (None off Linux, or where the file lacks it)."""
+    proc = Path(path)
+    for line in proc.read_text().splitlines() if proc.exists() else []:
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return None
-
-
-def _status(key: str) -> int:
-    """A /proc/self/status entry in bytes (0 off Linux)."""
-    path = Path("/proc/self/status")
-    for line in path.read_text().splitlines() if path.exists() else []:
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
