@@ -39,6 +39,11 @@ class Compile(Enum):
     auto = "auto"
 
 
+class TaskConv(Enum):
+    grouped = "grouped"
+    bmm = "bmm"
+
+
 class Precision(Enum):
     highest = "highest"
     tf32 = "tf32"
@@ -97,6 +102,7 @@ class TrainConfig:
     precision: Precision = Precision.highest
     fused_inner: bool = True
     grouped_tasks: bool = True
+    task_conv: TaskConv = TaskConv.grouped
     threads: int = 0
     keep_host_memory: bool = True
     deterministic: bool = False

@@ -17,6 +17,7 @@ from torch import Tensor
 from .data.tasks import TaskBatch
 from .meta.learner import Learner
 from .meta.optim import Params, State
+from .models import Conv2dSame
 
 DRAW_BLOCK = 100  # test tasks drawn per sampler call, whatever the chunk: the seed alone fixes the tasks
 
@@ -58,15 +59,18 @@ def chunk_size(
 
 def task_bytes(learner: Learner, phi: Params, example_shape: tuple, examples: int) -> int:
     """The memory one task's adaptation takes with `examples` inputs through the model at once: its activations
-    (from one forward pass in phi's dtype, at its element size) and their gradients, and W, its gradient, Adam's m
-    and v."""
+    (from one forward pass in phi's dtype, at its element size) and their gradients, with task_conv=bmm each
+    convolution's im2col columns and their gradient, and W, its gradient, Adam's m and v."""
+    columns = learner.grouped and learner.task_conv == "bmm"
     weight = next(iter(phi.values()))
     with torch.no_grad():
         probe = torch.zeros(1, *example_shape, device=weight.device, dtype=weight.dtype)
-        sizes = []
+        sizes, cols = [], [0]
 
         def record(module, inputs, output):
             sizes.append(output.numel())
+            if columns and isinstance(module, Conv2dSame):  # (Ho * Wo, k * k * C_in)
+                cols.append(output[0, 0].numel() * math.prod(module.kernel_size) * module.in_channels)
 
         handles = [m.register_forward_hook(record) for m in learner.model.modules() if not list(m.children())]
         try:
@@ -74,9 +78,10 @@ def task_bytes(learner: Learner, phi: Params, example_shape: tuple, examples: in
         finally:
             for h in handles:
                 h.remove()
-    numbers_per_example = sum(sizes) + math.prod(example_shape)
+    # every layer's columns are kept for the backward pass, and one layer's gradient of them exists at a time
+    numbers_per_example = 3 * (sum(sizes) + math.prod(example_shape)) + sum(cols) + max(cols)
     params = sum(p.numel() for p in phi.values())
-    return weight.element_size() * (3 * numbers_per_example * examples + 6 * params)
+    return weight.element_size() * (numbers_per_example * examples + 6 * params)
 
 
 def task_chunks(

@@ -184,7 +184,7 @@ NOT_TRAINING = (
     # same tasks follow, tests/test_cross_device.py) and compile=cudagraphs and precision=tf32 exist only on CUDA,
     # so comparing them would refuse that; bf16 rounds more coarsely, but phi and every state stay in dtype.
     *("device", "threads", "keep_host_memory", "deterministic", "compile", "precision", "fused_inner"),
-    "grouped_tasks",
+    *("grouped_tasks", "task_conv"),
 )
 # Entries a checkpoint's fingerprint holds since issue 22: an older checkpoint lacks them, and they are not compared
 # (a warning says so; _load_outer still refuses another outer optimizer's state).
@@ -237,7 +237,14 @@ def build(cfg: DictConfig) -> Experiment:
     check_fast_paths(device, fast["compile"], fast["precision"])
     set_precision(device, fast["precision"])
     learner = Learner(
-        model, inner, loss, cfg.loss_reduction.value, **fast, fused=cfg.fused_inner, grouped=cfg.grouped_tasks
+        model,
+        inner,
+        loss,
+        cfg.loss_reduction.value,
+        **fast,
+        fused=cfg.fused_inner,
+        grouped=cfg.grouped_tasks,
+        task_conv=cfg.task_conv.value,
     )
     outer = instantiate(cfg.outer_optimizer)(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(outer, LinearAnneal(cfg.epsilon, cfg.epsilon_final, cfg.iterations))

@@ -7,13 +7,12 @@ Weights are Glorot-uniform with zero biases (TensorFlow's defaults).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .task_layers import same_padding, task_batch_norm, task_conv, task_max_pool
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -53,17 +52,11 @@ class Conv2dSame(nn.Conv2d):
         """F.pad's [left, right, top, bottom] for x (..., H, W)."""
         pads = []
         for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            out = math.ceil(size / s)
-            total = max((out - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]
+            pads += same_padding(size, k, s)[:2]
         return pads
 
-    def convolve(self, x: Tensor, weight: Tensor, bias: Tensor, groups: int = 1) -> Tensor:
-        """F.conv2d of x with weight and bias (this layer's, or forward_tasks' task-grouped ones), "same" padded."""
-        return F.conv2d(F.pad(x, self.same_padding(x)), weight, bias, self.stride, groups=groups)
-
     def forward(self, x: Tensor) -> Tensor:
-        return self.convolve(x, self.weight, self.bias)
+        return F.conv2d(F.pad(x, self.same_padding(x)), self.weight, self.bias, self.stride)
 
 
 class BatchStatsNorm2d(nn.BatchNorm2d):
@@ -117,37 +110,71 @@ class MiniImageNetConvNet(nn.Sequential):
 
 
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.MaxPool2d)  # act on each channel of each image alone
+TASK_CONV = ("grouped", "bmm")  # forward_tasks' two ways of convolving every task at once
+
+
+def _task_layer(m: nn.Module) -> bool:
+    """Whether forward_tasks computes layer m for all tasks at once."""
+    if isinstance(m, Conv2dSame):  # what both ways compute: square kernel and stride, no dilation or groups
+        square = m.kernel_size[0] == m.kernel_size[1] and m.stride[0] == m.stride[1]
+        return square and m.dilation == (1, 1) and m.groups == 1
+    return isinstance(m, (BatchStatsNorm2d, nn.Flatten, nn.Linear, *ELEMENTWISE))
 
 
 def task_batchable(model: nn.Module) -> bool:
     """Whether forward_tasks knows every layer of model."""
-    layers = (Conv2dSame, BatchStatsNorm2d, nn.Flatten, nn.Linear, *ELEMENTWISE)
-    return isinstance(model, nn.Sequential) and all(isinstance(m, layers) for m in model.children())
+    return isinstance(model, nn.Sequential) and all(_task_layer(m) for m in model.children())
 
 
-def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor) -> Tensor:
+def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, conv: str = "grouped") -> Tensor:
     """Every task's model on its own inputs, without vmap: params task-stacked (T, ...), x (T, n, ...) -> (T, n, ...).
 
-    Images travel as (n, T * C, H, W): each task's channels form one group of a grouped convolution, and
-    BatchNorm's statistics per channel over (n, H, W) are per task and channel, so the native kernel computes
-    them; linear layers are one batched matmul. The values of vmap(functional_call) up to rounding. Not for
-    differentiating twice (the native BatchNorm, see BatchStatsNorm2d): the Learner keeps vmap there.
+    conv "grouped": images travel as (n, T * C, H, W); each task's channels form one group of a grouped
+    convolution, and BatchNorm's statistics per channel over (n, H, W) are per task and channel, so the native
+    kernel computes them. conv "bmm": images travel channels last, (T, n, H, W, C), through task_layers (each
+    convolution one batched matmul over the tasks, BatchNorm fused with the ReLU after it). Linear layers are one
+    batched matmul. The values of vmap(functional_call) up to rounding. Not for differentiating twice (the native
+    BatchNorm, see BatchStatsNorm2d; task_layers' gradients are written once): the Learner keeps vmap there.
     """
+    if conv not in TASK_CONV:
+        raise ValueError(f"task_conv={conv!r}: choose one of {TASK_CONV}")
+    layers, fused_relu = list(model.named_children()), False
     tasks, n = x.shape[:2]
-    h = x.transpose(0, 1).flatten(1, 2) if x.dim() == 5 else x
-    for name, m in model.named_children():
+    if x.dim() == 5:
+        h = x.transpose(0, 1).flatten(1, 2) if conv == "grouped" else x.movedim(2, -1)
+    else:
+        h = x
+    for i, (name, m) in enumerate(layers):
         weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
-        if isinstance(m, Conv2dSame):
-            h = m.convolve(h, weight.flatten(0, 1), bias.flatten(), groups=tasks)
-        elif isinstance(m, BatchStatsNorm2d):
-            h = F.batch_norm(h, None, None, weight.flatten(), bias.flatten(), training=True, momentum=0.0, eps=m.eps)
-        elif isinstance(m, nn.Flatten):
-            h = h.reshape(n, tasks, -1).transpose(0, 1)
+        if fused_relu:  # bmm: applied with the BatchNorm before it
+            fused_relu = False
         elif isinstance(m, nn.Linear):
             h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        elif conv == "grouped":
+            h = _grouped_layer(m, h, weight, bias, tasks, n)
+        elif isinstance(m, Conv2dSame):
+            h = task_conv(h, weight, bias, m.stride[0])
+        elif isinstance(m, BatchStatsNorm2d):
+            fused_relu = i + 1 < len(layers) and isinstance(layers[i + 1][1], nn.ReLU)
+            h = task_batch_norm(h, weight, bias, m.eps, relu=fused_relu)
+        elif isinstance(m, nn.MaxPool2d):
+            h = task_max_pool(h, m)
+        elif isinstance(m, nn.Flatten):  # nn.Flatten's (C, H, W) order
+            h = h.movedim(-1, 2).flatten(2) if h.dim() == 5 else h
         else:
             h = m(h)
     return h
+
+
+def _grouped_layer(m: nn.Module, h: Tensor, weight: Tensor, bias: Tensor, tasks: int, n: int) -> Tensor:
+    """Layer m of every task on h (n, T * C, H, W): forward_tasks' grouped way."""
+    if isinstance(m, Conv2dSame):
+        return F.conv2d(F.pad(h, m.same_padding(h)), weight.flatten(0, 1), bias.flatten(), m.stride, groups=tasks)
+    if isinstance(m, BatchStatsNorm2d):
+        return F.batch_norm(h, None, None, weight.flatten(), bias.flatten(), training=True, momentum=0.0, eps=m.eps)
+    if isinstance(m, nn.Flatten):
+        return h.reshape(n, tasks, -1).transpose(0, 1)
+    return m(h)
 
 
 def num_parameters(model: nn.Module) -> int:

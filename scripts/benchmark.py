@@ -52,6 +52,7 @@ FAST_PATHS = {  # variant part -> overrides; a variant joins parts with "+": cud
     "plain": [],
     "unfused": ["fused_inner=false"],
     "vmap": ["grouped_tasks=false"],
+    "bmm": ["task_conv=bmm"],
     "inductor": ["compile=inductor"],
     "cudagraphs": ["compile=cudagraphs"],
     "tf32": ["precision=tf32"],

@@ -201,6 +201,7 @@ BAD = [
     (("precision=fp16",), "precision='fp16' is invalid"),
     (("fused_inner=maybe",), "fused_inner='maybe' is invalid"),
     (("grouped_tasks=maybe",), "grouped_tasks='maybe' is invalid"),
+    (("task_conv=im2col",), "task_conv='im2col' is invalid"),
     (("threads=-1",), "threads=-1 is invalid"),
     (("keep_host_memory=maybe",), "keep_host_memory='maybe' is invalid"),
     (("deterministic=maybe",), "deterministic='maybe' is invalid"),

@@ -30,10 +30,10 @@ def _image_tasks(steps=3, meta_batch=3, outer_steps=3, seed=0, n_way=5, shots=2)
     return out
 
 
-def _run_both(model, inner, loss, reduction, task_list, dtype, eps=0.5, skip=()):
+def _run_both(model, inner, loss, reduction, task_list, dtype, eps=0.5, skip=(), task_conv="grouped"):
     model = model.to(dtype)
     reference_model = copy.deepcopy(model)
-    learner = Learner(model, inner, loss, reduction)
+    learner = Learner(model, inner, loss, reduction, task_conv=task_conv)
     # engine
     outer = torch.optim.SGD(model.parameters(), lr=eps)
     phi = dict(model.named_parameters())
@@ -68,12 +68,21 @@ def test_engine_matches_reference_float32_sgd_sine():
     assert _run_both(MLP(), SGD(0.02), "mse", "mean", _sine_tasks(), torch.float32) < 1e-5
 
 
-def test_engine_matches_reference_float64_sgd_convnet():
+TASK_CONV = pytest.mark.parametrize("task_conv", ["grouped", "bmm"])
+
+
+@TASK_CONV
+def test_engine_matches_reference_float64_sgd_convnet(task_conv):
     torch.manual_seed(0)
-    assert _run_both(OmniglotConvNet(5), SGD(0.001), "cross_entropy", "sum", _image_tasks(), torch.float64) < 1e-10
+    tasks = _image_tasks()
+    assert (
+        _run_both(OmniglotConvNet(5), SGD(0.001), "cross_entropy", "sum", tasks, torch.float64, task_conv=task_conv)
+        < 1e-10
+    )
 
 
-def test_engine_matches_reference_float64_adam_convnet():
+@TASK_CONV
+def test_engine_matches_reference_float64_adam_convnet(task_conv):
     """A conv bias feeding BatchNorm has zero true gradient: BN subtracts it again. Adam divides its
     rounding noise by the noise's own RMS and so takes steps of ~lr * 1e-6 in float64 (full-size in
     float32). Those biases carry no signal and differ at ~1e-9; every other parameter must agree."""
@@ -81,16 +90,21 @@ def test_engine_matches_reference_float64_adam_convnet():
     model = OmniglotConvNet(5)
     bn_fed_biases = {f"{i}.bias" for i in (0, 3, 6, 9)}
     tasks = _image_tasks()
-    assert (
-        _run_both(copy.deepcopy(model), Adam(0.001), "cross_entropy", "sum", tasks, torch.float64, skip=bn_fed_biases)
-        < 1e-10
+    run = lambda model, **kw: _run_both(  # noqa: E731
+        model, Adam(0.001), "cross_entropy", "sum", tasks, torch.float64, task_conv=task_conv, **kw
     )
-    assert _run_both(model, Adam(0.001), "cross_entropy", "sum", tasks, torch.float64) < 1e-7
+    assert run(copy.deepcopy(model), skip=bn_fed_biases) < 1e-10
+    assert run(model) < 1e-7
 
 
-def test_engine_matches_reference_float32_sgd_convnet():
+@TASK_CONV
+def test_engine_matches_reference_float32_sgd_convnet(task_conv):
     torch.manual_seed(0)
-    assert _run_both(OmniglotConvNet(5), SGD(0.001), "cross_entropy", "sum", _image_tasks(), torch.float32) < 1e-5
+    tasks = _image_tasks()
+    assert (
+        _run_both(OmniglotConvNet(5), SGD(0.001), "cross_entropy", "sum", tasks, torch.float32, task_conv=task_conv)
+        < 1e-5
+    )
 
 
 def test_one_step_reptile_is_sgd_on_mean_loss():

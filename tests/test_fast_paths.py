@@ -82,8 +82,10 @@ def _assert_agrees(base: list[str], fast: list[str]) -> None:
         (SINE, ["compile=inductor"]),  # compiling the conv net takes minutes on 2 shared cores; the CUDA test does it
         ([*OMNIGLOT, "grouped_tasks=false"], ["grouped_tasks=true"]),
         ([*SINE, "grouped_tasks=false"], ["grouped_tasks=true"]),
+        (OMNIGLOT, ["task_conv=bmm"]),
+        (OMNIGLOT, ["task_conv=bmm", "precision=bf16"]),
     ],
-    ids=["bf16", "inductor", "grouped-omniglot", "grouped-sine"],
+    ids=["bf16", "inductor", "grouped-omniglot", "grouped-sine", "bmm", "bmm-bf16"],
 )
 def test_fast_path_gives_the_plain_phi_on_cpu(base, fast):
     _assert_agrees([*base, "device=cpu"], fast)
@@ -150,13 +152,13 @@ def _calls(monkeypatch, owner, name: str) -> list:
 
 @pytest.mark.parametrize(
     "preset,grouped",
-    [(SINE, "true"), (SINE, "false"), (OMNIGLOT, "true")],  # the conv net under vmap: 5 s more, nothing new
-    ids=["grouped-sine", "vmap-sine", "grouped-omniglot"],
+    [(SINE, "true"), (SINE, "false"), (OMNIGLOT, "true"), ([*OMNIGLOT, "task_conv=bmm"], "true")],
+    ids=["grouped-sine", "vmap-sine", "grouped-omniglot", "bmm-omniglot"],  # the conv net under vmap: nothing new
 )
 def test_bf16_runs_the_inner_steps_matmuls_in_bfloat16_under_autocast(preset, grouped):
     """precision=bf16: the inner steps' linear layers and convolutions compute in bfloat16 (autocast), in the
-    grouped path and under vmap; precision=highest: in float32. (On a CPU without bfloat16 instructions oneDNN
-    emulates them: slower, same dtypes.)"""
+    grouped path (task_conv=bmm: its batched matmuls, forward and backward) and under vmap; precision=highest: in
+    float32. (On a CPU without bfloat16 instructions oneDNN emulates them: slower, same dtypes.)"""
     dtypes = _matmul_dtypes([*preset, "device=cpu", f"grouped_tasks={grouped}"])
     assert dtypes == {"highest": {torch.float32}, "bf16": {torch.bfloat16}}
 
@@ -341,10 +343,12 @@ def test_training_and_evaluation_chunks_never_synchronise_on_cuda():
 
 
 @pytest.mark.parametrize("budget_mb", [80, 256])
-def test_an_evaluation_chunk_stays_within_eval_memory_mb(budget_mb):
+@pytest.mark.parametrize("task_conv", ["grouped", "bmm"])
+def test_an_evaluation_chunk_stays_within_eval_memory_mb(budget_mb, task_conv):
     """Within the budget, and not far below it: measured 42% of it (the estimate counts activations three times, about
-    3.7 MiB per task here), so a chunk that ignored the budget (always 2 tasks: 7 MiB) fails the lower bound."""
-    exp = _experiment(*OMNIGLOT, "device=cpu", f"eval_memory_mb={budget_mb}")
+    3.7 MiB per task here), so a chunk that ignored the budget (always 2 tasks: 7 MiB) fails the lower bound.
+    task_conv=bmm also keeps each convolution's im2col columns for its backward pass: counted twice more."""
+    exp = _experiment(*OMNIGLOT, "device=cpu", f"eval_memory_mb={budget_mb}", f"task_conv={task_conv}")
     chunk = eval_chunk(exp, 1000)
     assert chunk > 1
     peak = peak_memory_mb(lambda: evaluate_split(exp, "test", chunk, seed=0), exp.device)

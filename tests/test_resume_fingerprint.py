@@ -241,7 +241,7 @@ ELSEWHERE = {
     **dict.fromkeys(STEERS_THE_LOAD, "they choose the checkpoint loaded (rundir.load_for)"),
     "device": "the same tasks, other rounding: tests/test_cross_device.py",
     **dict.fromkeys(
-        ("threads", "deterministic", "compile", "precision", "fused_inner", "grouped_tasks"),
+        ("threads", "deterministic", "compile", "precision", "fused_inner", "grouped_tasks", "task_conv"),
         "the plain phi up to rounding: tests/test_fast_paths.py, tests/test_cross_device.py",
     ),
 }

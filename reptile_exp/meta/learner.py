@@ -7,8 +7,9 @@ Fast paths (issue 6, measured in docs/benchmarks.md); they change results only b
 place, optim.*.step_), `grouped` (on by default: where nothing differentiates twice, all tasks run as
 one model over task-grouped channels, models.forward_tasks, and one gradient of the summed task losses
 gives every task's gradient, taken with plain autograd unless compiled; vmap is kept for MAML's second
-order), `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays it as a CUDA graph)
-and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
+order; `task_conv` picks how it convolves: one grouped convolution, or, "bmm", one batched matmul of im2col
+columns, task_layers, issue 21), `compile` (torch.compile of the per-step gradient; "cudagraphs" also replays it
+as a CUDA graph) and `precision` ("tf32" tensor cores, "bf16" autocast of the forward pass, so bfloat16 rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from ..data.tasks import TaskBatch
 from ..errors import ConfigError
 from ..hardware import native_bf16
-from ..models import forward_tasks, task_batchable
+from ..models import TASK_CONV, forward_tasks, task_batchable
 from .optim import Params, State
 
 LOSSES = ("mse", "cross_entropy")
@@ -76,16 +77,19 @@ class Learner:
         precision: str = "highest",
         fused: bool = True,
         grouped: bool = True,
+        task_conv: str = "grouped",
     ):
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {LOSSES}")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction={reduction!r}: choose 'mean' or 'sum'")
+        if task_conv not in TASK_CONV:
+            raise ValueError(f"task_conv={task_conv!r}: choose one of {TASK_CONV}")
         if compile not in COMPILE or precision not in PRECISIONS:
             raise ValueError(f"compile={compile!r}, precision={precision!r}: choose from {list(COMPILE)}, {PRECISIONS}")
         self.model, self.inner_optimizer, self.loss_name, self.reduction = model, inner_optimizer, loss, reduction
         self.autocast, self.cudagraphs, self.fused = precision == "bf16", compile == "cudagraphs", fused
-        self.grouped = grouped and task_batchable(model)
+        self.grouped, self.task_conv = grouped and task_batchable(model), task_conv
         self._grad = vmap(grad_and_value(self.loss))
         # The inner optimizer stays eager: its integer step count would recompile (or re-record) every step.
         # torch.compile traces torch.func's grad (not autograd.grad): the compiled grouped step uses _grouped_grad.
@@ -122,7 +126,7 @@ class Learner:
         """The sum over tasks of each task's loss (its gradient with respect to task t's weights is task t's own
         gradient) and the (T,) losses, from models.forward_tasks."""
         with self._precision(x):
-            out = forward_tasks(self.model, weights, x).to(x.dtype)
+            out = forward_tasks(self.model, weights, x, self.task_conv).to(x.dtype)
         losses = self._reduce(self._per_example(out, y).flatten(1), 1)
         return losses.sum(), losses.detach()
 
@@ -205,7 +209,7 @@ class Learner:
         """Outputs of every task's adapted model on its own inputs x: (T, n, ...)."""
         if self.grouped and not _transformed(next(iter(weights.values()))):
             with self._precision(x):
-                return forward_tasks(self.model, weights, x).to(x.dtype)
+                return forward_tasks(self.model, weights, x, self.task_conv).to(x.dtype)
         return vmap(self.forward)(weights, x)
 
 
