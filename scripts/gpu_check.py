@@ -69,7 +69,7 @@ SIZES = {
         window=50,
         eval_tasks=1000,
         tests=[],
-        benchmark=["--quick", "--presets", "omniglot", "--variants", *FAST_PATHS],
+        benchmark=["--quick", "--presets", "omniglot", "--variants", *FAST_PATHS, "bmm", "bmm+bf16"],  # task_conv
         inductor_preset=OMNIGLOT,
     ),
     "cpu": Sizes(
