@@ -14,11 +14,10 @@ from reptile_exp.task_layers import same_padding, task_batch_norm, task_conv, ta
 F64 = torch.float64
 
 
-@pytest.mark.parametrize("size", [7, 8])
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size,stride,channels", [(7, 1, 3), (8, 1, 1), (7, 2, 1), (8, 2, 3)])
 def test_task_conv_gradient_is_the_finite_difference_one(size, stride, channels):
-    """Odd and even sizes put TF's extra padding row at the end or split it; float64 finite differences."""
+    """Odd and even sizes put TF's extra padding row at the end or split it (stride 2: (1, 1) and (0, 1)); each
+    stride with one and with several input channels; float64 finite differences."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size, channels, dtype=F64, requires_grad=True)
     weight = torch.randn(2, 4, channels, 3, 3, dtype=F64, requires_grad=True)
