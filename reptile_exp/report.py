@@ -132,7 +132,8 @@ def describe(
 ) -> str:
     """The console's line for one split under one protocol, e.g. `test MSE 0.502 (95% CI +-0.044 over 1,000 tasks,
     32 steps)` or `1shot_transductive: test accuracy 97.6% (95% CI +-0.14 over 10,000 tasks, 5-way 1-shot, 50
-    steps, transductive)`; runs on synthetic images say their numbers mean nothing."""
+    steps, transductive)`; one task has no interval (`1 task, no CI`); runs on synthetic images say their numbers
+    mean nothing."""
     value, ci = result[metric], result[metric + "_ci95"]
     if metric == "accuracy":
         score, ci_text = f"accuracy {100 * value:.4g}%", f"+-{100 * ci:.2g} points"
@@ -140,7 +141,8 @@ def describe(
         score, ci_text = f"{metric.upper()} {value:.4g}", f"+-{ci:.2g}"
     setting = [f"{protocol.k_shot}-shot"] if metric == "accuracy" else []
     setting += [f"{protocol.k_eval} steps"] + (["transductive"] if protocol.transductive else [])
-    line = f"{split} {score} (95% CI {ci_text} over {tasks:,} tasks, {', '.join(setting)})"
+    spread = f"95% CI {ci_text} over {tasks:,} tasks" if tasks > 1 else "1 task, no CI"
+    line = f"{split} {score} ({spread}, {', '.join(setting)})"
     if synthetic:
         line += " [synthetic random images: not a result]"
     return f"{protocol.name}: {line}" if named else line

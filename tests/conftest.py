@@ -76,8 +76,27 @@ def tmp_env(tmp_path):
     return clean_env(tmp_path)
 
 
+# The files that take longest (`pytest --durations=0`, summed per file), run first: pytest-xdist hands out whole
+# files (--dist loadfile) in collection order (--no-loadscope-reorder), so the workers end together on short files.
+LONGEST_FIRST = [
+    "test_every_preset.py",
+    "test_slurm.py",
+    "test_gpu_check.py",
+    "test_readme_commands.py",
+    "test_optuna_sweeper.py",
+    "test_faults.py",
+    "test_settings.py",
+    "test_checkpoint.py",
+    "test_sweeps.py",
+    "test_bad_inputs.py",
+]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, with the reason, where no CUDA GPU is visible (unless GPU is another device)."""
+    """The longest files first (LONGEST_FIRST; the others keep their order), and tests marked `cuda` skip, with the
+    reason, where no CUDA GPU is visible (unless GPU is another device)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if torch.cuda.is_available() or GPU != "cuda":
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none visible on this machine)")

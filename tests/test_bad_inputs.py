@@ -1,8 +1,10 @@
 """Bad input through the real command line (issue 7): config values, data files, checkpoints.
 
-Each case runs `python -m reptile_exp.train` in a subprocess and must exit with status 1 and one
-line on stderr ("error: ...") naming what to fix, without a traceback. The cases run a few at a
-time in a module fixture (each subprocess mostly waits on `import torch`); every case is its own test.
+Each case runs `python -m reptile_exp.train` in a process of its own and must exit with status 1 and one
+line on stderr ("error: ...") naming what to fix, without a traceback. The cases run a few at a time in a
+module fixture, each forked from one interpreter that has imported the entry point (tests/forked_train.py: a
+fresh interpreter spends most of a failing run importing torch); every case is its own test. The console-script
+test runs a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import struct
 import subprocess
 import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -154,14 +155,17 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     # one intra-op thread: on a busy 2-core machine a second one spin-waits and costs several times the CPU
     env = clean_env(base, PYTHONPATH=str(ROOT / "tests"), REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
 
-    def run(case) -> subprocess.CompletedProcess:
-        name, overrides, _ = case
-        args = [o.format(**places) for o in overrides]
-        cmd = train_cmd(*args, *FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}")
-        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        results = dict(zip([c[0] for c in CASES], pool.map(run, CASES)))
+    cases = [
+        [*(o.format(**places) for o in overrides), *FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}"]
+        for name, overrides, _ in CASES
+    ]
+    cmd = [sys.executable, str(ROOT / "tests" / "forked_train.py"), "--jobs", "3", "--work", str(base / "forked")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, input=json.dumps(cases), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = {
+        name: subprocess.CompletedProcess(args, **outcome)
+        for (name, *_), args, outcome in zip(CASES, cases, json.loads(proc.stdout))
+    }
     results["_markers"] = [base / "pwned_by_pickle", base / "pwned_by_checkpoint"]
     return results
 

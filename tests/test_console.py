@@ -8,6 +8,9 @@ from pathlib import Path
 
 from conftest import run_train
 
+from reptile_exp.protocols import Protocol
+from reptile_exp.report import describe
+
 
 def test_a_smoke_run_says_what_its_numbers_are_and_what_it_does_not_read(tmp_path):
     run_dir = tmp_path / "run"
@@ -39,3 +42,12 @@ def test_the_final_line_states_the_metric_its_interval_tasks_and_steps(tmp_path)
     result = json.loads((run_dir / "summary.json").read_text())["results"]["test"]
     line = f"test MSE {result['mse']:.4g} (95% CI +-{result['mse_ci95']:.2g} over 6 tasks, 3 steps)"
     assert any(entry.endswith("] - " + line) for entry in out.stderr.splitlines()), out.stderr
+
+
+def test_one_task_has_no_interval_instead_of_a_nan_one():
+    one_shot = Protocol("1shot", k_shot=1, transductive=False, eval_batch=5, k_eval=50)
+    result = {"accuracy": 0.8, "accuracy_ci95": float("nan")}  # ci95 of a single value
+    line = describe("test", result, "accuracy", 1, one_shot, named=False, synthetic=False)
+    assert line == "test accuracy 80% (1 task, no CI, 1-shot, 50 steps)"
+    two = describe("test", {**result, "accuracy_ci95": 0.1}, "accuracy", 2, one_shot, named=False, synthetic=False)
+    assert two == "test accuracy 80% (95% CI +-10 points over 2 tasks, 1-shot, 50 steps)"
