@@ -20,9 +20,9 @@ def check(exp: Experiment, training: bool) -> None:
     """Refuse a meta_batch (training) or an eval_chunk / eval_memory_mb (evaluation) that cannot fit."""
     cfg, data = exp.cfg, exp.dataset
     if training:
-        per_task = step_bytes(exp)
-        fit = f"lower meta_batch (about {available_bytes(exp.device) // per_task:,} fit)"
-        require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device)
+        per_task, have = step_bytes(exp), available_bytes(exp.device)
+        fit = f"lower meta_batch (about {have // per_task:,} fit)"
+        require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
     chunk = eval_chunk(exp, cfg.eval_tasks)
     examples = data.n_way * (data.k_shot + 1) if data.kind == "classification" else cfg.eval_batch
     need = chunk * task_bytes(exp.learner, exp.phi, data.input_shape, examples)

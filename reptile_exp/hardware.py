@@ -8,24 +8,39 @@ matmuls ran 5x to 6x slower than float32 (docs/benchmarks.md, "CPU"), though one
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
 
 BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    """The CPU's feature flags (Linux), or None where the kernel does not list them."""
-    if not cpuinfo.exists():
-        return None
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
+def cpuinfo_field(name: str, cpuinfo: Path = CPUINFO) -> str | None:
+    """The first `name : value` of the kernel's CPU description (Linux), or None where it has none."""
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == name:
+            return value.strip()
     return None
 
 
-def native_bf16(device: torch.device, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[bool, str]:
+def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The CPU's feature flags (Linux), or None where the kernel does not list them."""
+    flags = cpuinfo_field("flags", cpuinfo)
+    return None if flags is None else set(flags.split())
+
+
+def cpu_name(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name with its family and model numbers (VMs of different x86 types share a name: "Intel(R)
+    Xeon(R) Processor"), else what the platform says."""
+    name = cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
+    family, model = cpuinfo_field("cpu family", cpuinfo), cpuinfo_field("model", cpuinfo)
+    return f"{name} (family {family}, model {model})" if family and model else name
+
+
+def native_bf16(device: torch.device, cpuinfo: Path = CPUINFO) -> tuple[bool, str]:
     """Whether device computes bfloat16 natively, and why (what was found)."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)

@@ -30,9 +30,10 @@ def available_bytes(device: torch.device) -> int:
     return max(0, min(x for x in limits if x is not None))
 
 
-def require(need: int, what: str, fix: str, device: torch.device) -> None:
-    """ConfigError in one line when `need` bytes (what they are for) exceed what `device` has available."""
-    have = available_bytes(device)
+def require(need: int, what: str, fix: str, device: torch.device, have: int | None = None) -> None:
+    """ConfigError in one line when `need` bytes (what they are for) exceed what `device` has available (`have`,
+    read here unless given: a fix that quotes it must quote the same reading)."""
+    have = available_bytes(device) if have is None else have
     if need > have:
         raise ConfigError(f"{what} needs about {gib(need)} but {gib(have)} is available on {device.type}; {fix}")
 

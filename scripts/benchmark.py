@@ -36,6 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from reptile_exp.atomic import atomic_write_text
 from reptile_exp.experiment import build, set_deterministic
+from reptile_exp.hardware import cpu_name, native_bf16
 from reptile_exp.measure import flops, matmul_gflops, peak_memory_mb, rate, seconds, sync
 from reptile_exp.meta.learner import Learner, set_precision
 from reptile_exp.meta.reference import SerialReptile
@@ -229,6 +230,7 @@ def table(report: dict) -> str:
     lines = [
         f"device {report['device']}, torch {report['torch']}, {report['threads']} threads, "
         f"load average {report['load_average'][0]:.1f} at start, {report['load_average'][1]:.1f} at end",
+        "bfloat16 {} ({})".format("native" if report["native_bf16"][0] else "emulated", report["native_bf16"][1]),
         "matmul ceiling: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in report["matmul_gflop_s"].items()),
     ]
     for preset, res in report["presets"].items():
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     presets = {p: bench_preset(p, args, device) for p in args.presets}
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
-        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores): {cpu_name()}",
+        "native_bf16": native_bf16(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_average": [load_start, os.getloadavg()[0]],

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from reptile_exp.atomic import atomic_write_text
+from reptile_exp.hardware import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PATHS = {  # name -> overrides of the Omniglot 5-way run (benchmark.py's variant of the same name)
@@ -190,7 +191,7 @@ def descendants(pid: int) -> list[int]:
 
 def environment(device: str) -> dict:
     """The facts the GPU tables need: device, memory, driver, versions, bf16 and TF32 support."""
-    facts = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model()}
+    facts = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_name()}
     facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -211,15 +212,6 @@ def environment(device: str) -> dict:
     else:
         facts |= {"gpus": 0, "cores": os.cpu_count(), "bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported()}
     return facts
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def test_counts(junit: Path) -> dict:

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import reptile_exp.meta.learner as learner_module
 from reptile_exp.errors import ConfigError
 from reptile_exp.experiment import build
-from reptile_exp.hardware import native_bf16
+from reptile_exp.hardware import cpu_name, native_bf16
 from reptile_exp.measure import peak_memory_mb
 from reptile_exp.meta.learner import Learner
 from reptile_exp.models import task_batchable
@@ -401,6 +401,10 @@ def test_benchmark_prints_a_table_then_one_json_line():
     assert set(sine["profile_s"]) == {"sampling", "inner loop", "outer step"}
     assert "other" in sine["eval_ops_s"] and any(k.startswith("aten::") for k in sine["eval_ops_s"])
     assert sum(sine["eval_ops_s"].values()) > 0
+    # the machine is named beside its figures: the CPU type, and whether its bfloat16 is native (hardware.py)
+    native, why = native_bf16(torch.device("cpu"))
+    assert report["device"].endswith(cpu_name()) and report["native_bf16"] == [native, why]
+    assert f"bfloat16 {'native' if native else 'emulated'} ({why})" in lines[:-1]
 
 
 REFAULTS = """

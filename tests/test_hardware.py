@@ -8,7 +8,7 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
 from reptile_exp.experiment import build
-from reptile_exp.hardware import cpu_flags, native_bf16, resolve
+from reptile_exp.hardware import cpu_flags, cpu_name, native_bf16, resolve
 
 CPU = torch.device("cpu")
 
@@ -36,6 +36,15 @@ def test_without_cpuinfo_flags_onednns_check_decides(tmp_path):
     assert cpu_flags(_cpuinfo(tmp_path, None)) is None and cpu_flags(tmp_path / "nowhere") is None
     found, why = native_bf16(CPU, _cpuinfo(tmp_path, None))
     assert found is torch.ops.mkldnn._is_mkldnn_bf16_supported() and "oneDNN" in why
+
+
+def test_the_cpu_is_named_with_its_family_and_model(tmp_path):
+    """Two Xeon VM types here share the name "Intel(R) Xeon(R) Processor"; only one has native bfloat16."""
+    path = tmp_path / "cpuinfo"
+    path.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Intel(R) Xeon(R) Processor\n")
+    assert cpu_name(path) == "Intel(R) Xeon(R) Processor (family 6, model 207)"
+    assert cpu_name(_cpuinfo(tmp_path, "avx2")) == "a CPU"  # no family and model listed
+    assert cpu_name(tmp_path / "nowhere")  # not Linux: what the platform says
 
 
 def test_auto_resolves_on_this_machine_and_explicit_values_pass_through():

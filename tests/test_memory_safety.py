@@ -75,6 +75,16 @@ def test_the_memory_available_counts_the_address_space_cap(outcomes):
     assert available and float(available[1]) * (2**30 if available[2] == "GiB" else 2**20) < CAP
 
 
+def test_the_meta_batch_that_fits_is_the_available_memory_over_one_tasks_share(outcomes):
+    """`about N fit` and `X available` come from one reading: N tasks of the step's per-task share fill X."""
+    line = next(line for line in outcomes["omniglot_meta_batch"].stderr.splitlines() if "error: " in line)
+    need, have, fit = re.search(
+        r"needs about ([\d.]+) GiB but ([\d.]+) GiB is available.*about ([\d,]+) fit", line
+    ).groups()
+    per_task = float(need) / 100000
+    assert int(fit.replace(",", "")) * per_task == pytest.approx(float(have), rel=0.06), line
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
