@@ -7,7 +7,7 @@ function to dodge a circle is still an edge of that circle.
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import LONGEST_FIRST, ROOT
 
 PACKAGE = ROOT / "reptile_exp"
 
@@ -85,3 +85,9 @@ def test_the_errors_are_on_the_ground_floor_and_the_entry_point_on_top():
 
 def test_train_py_tells_algorithm_2_in_under_300_lines():
     assert len((PACKAGE / "train.py").read_text().splitlines()) < 300
+
+
+def test_the_files_run_first_exist():
+    """conftest.LONGEST_FIRST names test files (a renamed one would silently lose its place at the front)."""
+    missing = [name for name in LONGEST_FIRST if not (ROOT / "tests" / name).is_file()]
+    assert not missing, f"tests/conftest.py LONGEST_FIRST names files that do not exist: {missing}"
