@@ -93,7 +93,13 @@ class OmniglotConvNet(nn.Sequential):
 
 
 class MiniImageNetConvNet(nn.Sequential):
-    """4 x [conv 32 3x3 same -> BN -> maxpool 2x2 same -> ReLU], 84-42-21-11-6, then linear N (34,661, 5-way)."""
+    """4 x [conv 32 3x3 same -> BN -> maxpool 2x2 same -> ReLU], 84-42-21-11-6, then linear N (34,661, 5-way).
+
+    channels_last_on_cpu: forward_tasks' grouped images are channels last on a CPU, where the grouped convolutions
+    and max pooling of 84 x 84 images ran faster so (docs/benchmarks.md, Mini-ImageNet shapes); Omniglot's small
+    images did not (its evaluation ran slower)."""
+
+    channels_last_on_cpu = True
 
     def __init__(self, n_way: int = 5, in_channels: int = 3, channels: int = 32):
         layers: list[nn.Module] = []
@@ -129,12 +135,13 @@ def task_batchable(model: nn.Module) -> bool:
 def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, conv: str = "grouped") -> Tensor:
     """Every task's model on its own inputs, without vmap: params task-stacked (T, ...), x (T, n, ...) -> (T, n, ...).
 
-    conv "grouped": images travel as (n, T * C, H, W); each task's channels form one group of a grouped
-    convolution, and BatchNorm's statistics per channel over (n, H, W) are per task and channel, so the native
-    kernel computes them. conv "bmm": images travel channels last, (T, n, H, W, C), through task_layers (each
-    convolution one batched matmul over the tasks, BatchNorm fused with the ReLU after it). Linear layers are one
-    batched matmul. The values of vmap(functional_call) up to rounding. Not for differentiating twice (the native
-    BatchNorm, see BatchStatsNorm2d; task_layers' gradients are written once): the Learner keeps vmap there.
+    conv "grouped": images travel as (n, T * C, H, W) (channels last in memory on a CPU where the model says
+    channels_last_on_cpu); each task's channels form one group of a grouped convolution, and BatchNorm's
+    statistics per channel over (n, H, W) are per task and channel, so the native kernel computes them. conv
+    "bmm": images travel channels last, (T, n, H, W, C), through task_layers (each convolution one batched matmul
+    over the tasks, BatchNorm fused with the ReLU after it). Linear layers are one batched matmul. The values of
+    vmap(functional_call) up to rounding. Not for differentiating twice (the native BatchNorm, see
+    BatchStatsNorm2d; task_layers' gradients are written once): the Learner keeps vmap there.
     """
     if conv not in TASK_CONV:
         raise ValueError(f"task_conv={conv!r}: choose one of {TASK_CONV}")
@@ -142,6 +149,8 @@ def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, co
     tasks, n = x.shape[:2]
     if x.dim() == 5:
         h = x.transpose(0, 1).flatten(1, 2) if conv == "grouped" else x.movedim(2, -1)
+        if conv == "grouped" and x.device.type == "cpu" and getattr(model, "channels_last_on_cpu", False):
+            h = h.contiguous(memory_format=torch.channels_last)
     else:
         h = x
     for i, (name, m) in enumerate(layers):

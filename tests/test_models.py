@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reptile_exp.models import (
     MLP,
@@ -95,6 +96,33 @@ def test_forward_tasks_is_vmap_of_each_tasks_model(model, example):
     expected = vmap(lambda p, xt: functional_call(model, p, (xt,)))(params, x)
     torch.testing.assert_close(forward_tasks(model, params, x), expected, rtol=0, atol=1e-10)
     assert task_batchable(model)
+
+
+class ConvInputs(TorchDispatchMode):
+    """Records whether each convolution's input is channels last in memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "model,example,channels_last",
+    [(OmniglotConvNet(), (6, 1, 28, 28), False), (MiniImageNetConvNet(), (3, 3, 84, 84), True)],
+    ids=["omniglot", "miniimagenet"],
+)
+def test_the_grouped_layout_is_channels_last_on_a_cpu_where_the_model_asks(model, example, channels_last):
+    """MiniImageNetConvNet.channels_last_on_cpu: its grouped convolutions (and pooling) ran faster channels last
+    on a CPU; Omniglot's did not. Every convolution of the grouped path gets its input in that layout."""
+    params = {n: p.detach().expand(3, *p.shape) for n, p in model.named_parameters()}
+    with ConvInputs() as seen:
+        forward_tasks(model, params, torch.randn(3, *example))
+    assert seen.channels_last == [channels_last] * 4
 
 
 def test_a_model_with_an_unknown_layer_is_not_task_batchable():

@@ -70,9 +70,11 @@ def _losses(model, conv):
     [(OmniglotConvNet(), (4, 1, 28, 28)), (MiniImageNetConvNet(), (2, 3, 84, 84))],
     ids=["omniglot", "mini"],
 )
-def test_bmm_gradients_are_each_tasks_own(model, example):
-    """Every task's gradient from one backward pass of the summed losses through task_layers equals
-    vmap(grad) of the one-task model (float64), via autograd and via torch.func (the compiled path's)."""
+@pytest.mark.parametrize("conv", ["grouped", "bmm"])
+def test_forward_tasks_gradients_are_each_tasks_own(model, example, conv):
+    """Every task's gradient from one backward pass of the summed losses through forward_tasks (task_layers, or
+    the grouped convolutions: channels last for the Mini-ImageNet net on a CPU) equals vmap(grad) of the one-task
+    model (float64), via autograd and via torch.func (the compiled path's)."""
     torch.manual_seed(0)
     model, tasks = model.double(), 3
     params = {n: p.detach() + 0.1 * torch.randn(tasks, *p.shape, dtype=F64) for n, p in model.named_parameters()}
@@ -83,8 +85,8 @@ def test_bmm_gradients_are_each_tasks_own(model, example):
 
     expected = vmap(grad(one))(params, x, y)
     leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
-    autograd = dict(zip(leaves, torch.autograd.grad(_losses(model, "bmm")(leaves, x, y), list(leaves.values()))))
-    func = grad(_losses(model, "bmm"))(params, x, y)
+    autograd = dict(zip(leaves, torch.autograd.grad(_losses(model, conv)(leaves, x, y), list(leaves.values()))))
+    func = grad(_losses(model, conv))(params, x, y)
     for name in expected:
         torch.testing.assert_close(autograd[name], expected[name], rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(func[name], expected[name], rtol=1e-9, atol=1e-9)
