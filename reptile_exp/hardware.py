@@ -17,26 +17,28 @@ BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 CPUINFO = Path("/proc/cpuinfo")
 
 
-def cpuinfo_field(name: str, cpuinfo: Path = CPUINFO) -> str | None:
-    """The first `name : value` of the kernel's CPU description (Linux), or None where it has none."""
+def cpuinfo_fields(cpuinfo: Path = CPUINFO) -> dict[str, str]:
+    """The kernel's CPU description (Linux) as {name: value}, the first processor's; empty where there is none."""
+    fields: dict[str, str] = {}
     for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
         key, sep, value = line.partition(":")
-        if sep and key.strip() == name:
-            return value.strip()
-    return None
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
     """The CPU's feature flags (Linux), or None where the kernel does not list them."""
-    flags = cpuinfo_field("flags", cpuinfo)
+    flags = cpuinfo_fields(cpuinfo).get("flags")
     return None if flags is None else set(flags.split())
 
 
 def cpu_name(cpuinfo: Path = CPUINFO) -> str:
     """The CPU's model name with its family and model numbers (VMs of different x86 types share a name: "Intel(R)
     Xeon(R) Processor"), else what the platform says."""
-    name = cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine()
-    family, model = cpuinfo_field("cpu family", cpuinfo), cpuinfo_field("model", cpuinfo)
+    fields = cpuinfo_fields(cpuinfo)
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family, model = fields.get("cpu family"), fields.get("model")
     return f"{name} (family {family}, model {model})" if family and model else name
 
 

@@ -147,12 +147,12 @@ def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, co
         raise ValueError(f"task_conv={conv!r}: choose one of {TASK_CONV}")
     layers, fused_relu = list(model.named_children()), False
     tasks, n = x.shape[:2]
-    if x.dim() == 5:
-        h = x.transpose(0, 1).flatten(1, 2) if conv == "grouped" else x.movedim(2, -1)
-        if conv == "grouped" and x.device.type == "cpu" and getattr(model, "channels_last_on_cpu", False):
+    if x.dim() == 5 and conv == "grouped":
+        h = x.transpose(0, 1).flatten(1, 2)
+        if x.device.type == "cpu" and getattr(model, "channels_last_on_cpu", False):
             h = h.contiguous(memory_format=torch.channels_last)
     else:
-        h = x
+        h = x.movedim(2, -1) if x.dim() == 5 else x
     for i, (name, m) in enumerate(layers):
         weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
         if fused_relu:  # bmm: applied with the BatchNorm before it
