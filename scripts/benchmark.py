@@ -66,19 +66,17 @@ DEFAULT_VARIANTS = {
 }
 
 
-def config(preset: str, device: str, overrides: list[str]):
+def contender(preset: str, device: str, overrides: list[str], variant: str = "plain") -> list[str]:
+    """The overrides that make one contender's config: the preset on synthetic data, then --overrides, then the
+    variant's fast paths."""
+    fast = [o for part in variant.split("+") for o in FAST_PATHS[part]]
+    quiet = ["logger.mode=disabled", "progress=false"]
+    return [*PRESETS[preset], "synthetic_data=true", f"device={device}", *quiet, *overrides, *fast]
+
+
+def config(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "train",
-            [
-                *PRESETS[preset],
-                "synthetic_data=true",
-                f"device={device}",
-                "logger.mode=disabled",
-                "progress=false",
-                *overrides,
-            ],
-        )
+        return compose("train", overrides)
 
 
 class Serial:
@@ -148,13 +146,8 @@ def operator_split(exp, num_tasks: int, top: int = 8) -> dict:
 
 def bench_preset(preset: str, args, device: torch.device) -> dict:
     variants = args.variants or DEFAULT_VARIANTS[device.type]
-    plain_cfg = config(preset, device.type, args.overrides)
-    engines = {
-        v: build(
-            config(preset, device.type, [*args.overrides, *(o for part in v.split("+") for o in FAST_PATHS[part])])
-        )
-        for v in variants
-    }
+    plain_cfg = config(contender(preset, device.type, args.overrides))
+    engines = {v: build(config(contender(preset, device.type, args.overrides, v))) for v in variants}
     serial = Serial(plain_cfg)
     eval_tasks, serial_eval_tasks = args.eval_tasks, args.serial_eval_tasks
     # name -> (outer step, evaluation of n tasks with a seed, settings); precision and deterministic kernels are
@@ -261,11 +254,21 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def variant(text: str) -> str:
+    """A --variants value: fast-path parts joined by '+' (argparse reports any other as a usage error)."""
+    if not set(text.split("+")) <= set(FAST_PATHS):
+        raise argparse.ArgumentTypeError(f"{text}: each part must be one of {list(FAST_PATHS)}")
+    return text
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses every command of the docs with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--presets", nargs="+", choices=list(PRESETS), default=["omniglot", "sine"])
-    parser.add_argument("--variants", nargs="+", help=f"fast-path variants, parts joined by '+': {list(FAST_PATHS)}")
+    parser.add_argument(
+        "--variants", nargs="+", type=variant, help=f"fast-path variants, parts joined by '+': {list(FAST_PATHS)}"
+    )
     parser.add_argument("--overrides", nargs="+", default=[], help="config overrides for every contender")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians over them)")
     parser.add_argument("--eval-repeats", type=int, help="rounds that also time evaluation (default: --repeats)")
@@ -278,10 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: fewer of everything")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = arguments()
     args = parser.parse_args(argv)
-    for v in args.variants or []:
-        if not set(v.split("+")) <= set(FAST_PATHS):
-            parser.error(f"--variants {v}: each part must be one of {list(FAST_PATHS)}")
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here")

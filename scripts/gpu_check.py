@@ -375,23 +375,34 @@ def run_check(check: Check, only: list[str] | None = None) -> dict:
     return check.summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def plan(text: str) -> tuple[str, float]:
+    """A --plan value, STEP=SECONDS, as (step, seconds)."""
+    name, _, seconds = text.partition("=")
+    if name not in PLANS or not seconds.replace(".", "", 1).isdigit():
+        raise argparse.ArgumentTypeError(f"{text}: give STEP=SECONDS with STEP one of {list(PLANS)}")
+    return name, float(seconds)
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses every command of the docs with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the rehearsal")
     parser.add_argument("--out", type=Path, help="the JSON summary (default outputs/gpu_check/<time>/summary.json)")
     parser.add_argument("--work", type=Path, help="logs, run dirs, the benchmark's report (default: beside --out)")
     parser.add_argument("--budget-s", type=float, default=450, help="no step starts that its plan cannot finish")
     parser.add_argument("--only", nargs="+", choices=list(PLANS), help="run these steps only (e.g. the failed ones)")
-    parser.add_argument("--plan", nargs="+", default=[], metavar="STEP=SECONDS", help="change a step's budget")
+    parser.add_argument(
+        "--plan", nargs="+", default=[], type=plan, metavar="STEP=SECONDS", help="change a step's budget"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; --device cpu rehearses the check")
-    plans = {name: plan[0 if args.device == "cuda" else 1] for name, plan in PLANS.items()}
-    for item in args.plan:
-        name, _, seconds = item.partition("=")
-        if name not in plans or not seconds.replace(".", "", 1).isdigit():
-            parser.error(f"--plan {item}: give STEP=SECONDS with STEP one of {list(plans)}")
-        plans[name] = float(seconds)
+    plans = {name: budgets[0 if args.device == "cuda" else 1] for name, budgets in PLANS.items()} | dict(args.plan)
     out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S") / "summary.json"
     work = args.work or out.parent / f"{out.stem}_steps"
     summary = run_check(Check(args.device, out, work, args.budget_s, plans), args.only)

@@ -202,10 +202,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses every command of the docs with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run dirs, evaluate-only dirs, sweep or parent dirs")
     parser.add_argument("--out", type=Path, help="where to write paper_tables.{md,csv} (default: the first dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     found = []
     for path in args.dirs:

@@ -200,11 +200,17 @@ def plot(sweeps: list[list[dict]], kind: str, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses every command of the docs with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="multirun directories")
     parser.add_argument("--plot", choices=("learning", "k", "steps"), required=True)
     parser.add_argument("--out", type=Path, help="figure path (.png); the tables go next to it")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     sweeps = []
     for sweep in args.dirs:

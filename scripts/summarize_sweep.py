@@ -16,9 +16,15 @@ from pathlib import Path
 from reptile_exp.sweep import job_dirs, summarize
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses every command of the docs with it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="multirun sweep dir(s) (hydra.sweep.dir)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = arguments()
     args = parser.parse_args(argv)
     for sweep_dir in args.sweep_dirs:
         if not job_dirs(sweep_dir):

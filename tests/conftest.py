@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # GPU day (what only CUDA has, e.g. CUDA graphs, skips there with its reason).
 GPU = os.environ.get("REPTILE_EXP_GPU_TESTS_DEVICE", "cuda")
 CUDA_ONLY = pytest.mark.skipif(GPU != "cuda", reason=f"CUDA only; this rehearsal runs the cuda tests on {GPU}")
+
+
+def script(name: str):
+    """scripts/<name>.py as a module (scripts/ is no package), loaded once per process."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def train_cmd(*overrides: str, multirun: bool = False) -> list[str]:

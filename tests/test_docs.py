@@ -1,7 +1,9 @@
-"""The docs say what the code does (issue 22): every `python -m reptile_exp.train ...` command of docs/*.md composes
-and passes the config checks, every message quoted in docs/troubleshooting.md's tables is one the code prints, and
-the two reference pages stay short enough to scan. (README.md's commands are run, not only composed:
-tests/test_readme_commands.py.)
+"""The docs say what the code does (issue 22): every `python -m reptile_exp.train ...` command of docs/*.md and of
+the config files' comments composes and passes the config checks, every `python scripts/<name>.py ...` of them and of
+README.md parses with that script's own command line (scripts/benchmark.py's contenders also compose and pass the
+checks), every message quoted in docs/troubleshooting.md's tables is one the code prints, and the two reference pages
+stay short enough to scan.
+(README.md's commands are run, not only composed: tests/test_readme_commands.py.)
 
 A docs command is taken as bash would run it: the shell variables of its code block (`for x in a b; do`,
 `name="..."`) filled in, unquoted `{a,b}` brace-expanded; then composed in this process with Hydra's compose API,
@@ -17,9 +19,10 @@ import itertools
 import re
 import shlex
 from functools import cache
+from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, script
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -38,7 +41,7 @@ PLACEHOLDERS = {
     "<omniglot dir>": "/placeholder/omniglot",
 }
 # Flags of the command line that are not overrides.
-FLAGS = ("-m", "--multirun")
+FLAGS = ("-m", "--multirun", "--help", "--hydra-help")
 SEPARATORS = ("&&", "||", "|", ";", "&")
 SWEEPS = (ValueType.SIMPLE_CHOICE_SWEEP, ValueType.CHOICE_SWEEP, ValueType.RANGE_SWEEP)
 
@@ -89,25 +92,51 @@ def block_lines(block: str) -> list[str]:
     return lines
 
 
-def doc_commands(text: str) -> list[list[str]]:
-    """The train commands of a markdown text, as bash would pass them: those of fenced code blocks and of inline
-    code spans (which may run over a line break), each cut at `&&`, `|` or `;`, in order, without repeats."""
+def shell_lines(text: str) -> list[str]:
+    """The lines of a markdown text a reader may run: those of fenced code blocks and of inline code spans (which may
+    run over a line break)."""
     blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
     lines = [line for block in blocks for line in block_lines(block)]
     prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
-    lines += [span.replace("\n", " ") for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", prose)]
+    return lines + [span.replace("\n", " ") for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", prose)]
+
+
+def shell_words(line: str) -> list[str]:
+    """A line's words as bash passes them (a placeholder with a space, `<run dir>`, stays one word)."""
+    line = re.sub(r"<[^<>]*>", lambda m: m[0].replace(" ", "\0"), line)
+    return [w.replace("\0", " ") for w in shlex.split(brace_expand(line), comments=True)]
+
+
+def until_separator(words: list[str], start: int) -> list[str]:
+    return words[start : next((i for i in range(start, len(words)) if words[i] in SEPARATORS), len(words))]
+
+
+def doc_commands(text: str) -> list[list[str]]:
+    """The train commands of a markdown text (shell_lines), each cut at `&&`, `|` or `;`, in order, without repeats."""
     commands: list[list[str]] = []
-    for line in lines:
+    for line in shell_lines(text):
         if "reptile_exp.train" not in line:
             continue
-        for placeholder in PLACEHOLDERS:
-            line = line.replace(placeholder, placeholder.replace(" ", "\0"))
-        words = [w.replace("\0", " ") for w in shlex.split(brace_expand(line), comments=True)]
+        words = shell_words(line)
         for start in range(len(words)):
             torchrun = words[start] == "torchrun" and "reptile_exp.train" in words[start:]
             if torchrun or tuple(words[start : start + 3]) == ENTRY:
-                end = next((i for i in range(start, len(words)) if words[i] in SEPARATORS), len(words))
-                command = words[start:end]
+                command = until_separator(words, start)
+                if command not in commands:
+                    commands.append(command)
+    return commands
+
+
+def script_commands(text: str) -> list[tuple[str, list[str]]]:
+    """(name, arguments) of every `python scripts/<name>.py ...` of a markdown text (shell_lines), in order, without
+    repeats."""
+    commands: list[tuple[str, list[str]]] = []
+    for line in shell_lines(text):
+        words = shell_words(line) if "scripts/" in line else []
+        for start in range(1, len(words)):
+            name = re.fullmatch(r"scripts/(\w+)\.py", words[start])
+            if name and words[start - 1] in ("python", "python3"):
+                command = (name[1], until_separator(words, start + 1))
                 if command not in commands:
                     commands.append(command)
     return commands
@@ -172,11 +201,24 @@ def compose_and_check(overrides: tuple[str, ...]) -> None:
         HydraConfig.instance().cfg = None
 
 
-COMMANDS = [(path.name, command) for path in DOCS for command in doc_commands(path.read_text())]
+def conf_comments(path: Path) -> str:
+    """The commands in a config file's comments (`#   python -m reptile_exp.train ...   (a note)`), as a markdown code
+    block: each from `python` to the first gap of two spaces, ` (` or backtick."""
+    comments = [line.partition("#")[2] for line in path.read_text().splitlines()]
+    found = [re.search(r"python3? (?:-m reptile_exp\.train|scripts/).*", comment) for comment in comments]
+    return "```\n" + "".join(re.split(r"\s{2,}| \(|`", m[0])[0] + "\n" for m in found if m) + "```\n"
+
+
+CONFS = sorted((ROOT / "conf").rglob("*.yaml"))
+SOURCES = {path.name: path.read_text() for path in DOCS} | {
+    str(path.relative_to(ROOT)): conf_comments(path) for path in CONFS
+}
+COMMANDS = [(name, command) for name, text in SOURCES.items() for command in doc_commands(text)]
 
 
 def test_the_docs_show_train_commands():
-    assert {name for name, _ in COMMANDS} >= {"benchmarks.md", "reproduce.md", "results.md", "sweeps.md"}
+    shown = {name for name, _ in COMMANDS}
+    assert shown >= {"benchmarks.md", "reproduce.md", "results.md", "sweeps.md", "conf/debug/smoke.yaml"}
 
 
 @pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[f"{d}: {' '.join(c)}" for d, c in COMMANDS])
@@ -201,6 +243,64 @@ def test_brace_expansion_and_shell_variables_are_read_as_bash_does():
         ["a=2", "k=1", "b=3"],
         ["a=1", "k=3", "b=3"],
     ]
+
+
+def check_script_command(name: str, args: list[str]) -> None:
+    """AssertionError naming the fault unless `python scripts/<name>.py args` parses with the script's command line
+    (its flags, choices and value checks); a benchmark also composes and checks the config of every contender."""
+    parser = script(name).arguments()
+
+    def refuse(message: str):  # argparse's usage error, raised where the script would print it and exit
+        raise AssertionError(f"python scripts/{name}.py {shlex.join(args)}: {message}")
+
+    parser.error = refuse
+    parsed = parser.parse_args(args)
+    if name == "benchmark":
+        bench = script("benchmark")
+        for preset in parsed.presets:
+            for variant in parsed.variants or bench.DEFAULT_VARIANTS[parsed.device]:
+                try:
+                    compose_and_check(tuple(bench.contender(preset, parsed.device, parsed.overrides, variant)))
+                except Exception as e:  # noqa: BLE001 - any failure, named with the contender
+                    raise AssertionError(f"{shlex.join(args)}: {preset}, {variant}: {type(e).__name__}: {e}") from None
+
+
+SCRIPT_COMMANDS = [
+    (doc, name, args)
+    for doc, text in {**SOURCES, "README.md": (ROOT / "README.md").read_text()}.items()
+    for name, args in script_commands(text)
+]
+
+
+def test_the_docs_show_script_commands():
+    assert {name for _, name, _ in SCRIPT_COMMANDS} == {p.stem for p in (ROOT / "scripts").glob("*.py")}
+
+
+@pytest.mark.parametrize(
+    ("doc", "name", "args"), SCRIPT_COMMANDS, ids=[f"{d}: {n}.py {' '.join(a)}" for d, n, a in SCRIPT_COMMANDS]
+)
+def test_a_docs_script_command_parses(doc, name, args):
+    try:
+        check_script_command(name, args)
+    except AssertionError as e:
+        pytest.fail(f"{doc}: {e}")
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "fault"),
+    [
+        ("benchmark", ["--repetitions", "3"], "unrecognized arguments: --repetitions"),
+        ("benchmark", ["--variants", "plain", "bmm+fp8"], "bmm+fp8: each part must be one of"),
+        ("benchmark", ["--presets", "omniglot", "--overrides", "inner_lr=-1"], "inner_lr=-1.0 is invalid"),
+        ("benchmark", ["--presets", "sine", "--overrides", "compile=fast"], "ConfigCompositionException"),
+        ("gpu_check", ["--plan", "benchmark=soon"], "give STEP=SECONDS"),
+        ("study", ["outputs/x", "--plot", "ks"], "invalid choice: 'ks'"),
+        ("summarize_sweep", [], "the following arguments are required: sweep_dirs"),
+    ],
+)
+def test_the_script_check_catches_a_wrong_flag_value_or_override(name, args, fault):
+    with pytest.raises(AssertionError, match=re.escape(fault)):
+        check_script_command(name, args)
 
 
 # -------------------------------------------------------------------------------- the messages of troubleshooting.md
@@ -350,6 +450,21 @@ def test_the_message_matcher_tells_a_reworded_message_from_a_real_one():
     assert not printed_by_the_code("checkpoint <file> could not be loaded: ...")  # reworded
     assert not printed_by_the_code("diverged at iteration 7: the outer loss (nan) is not finite; ...")  # no such part
     assert not printed_by_the_code("k=0 is invalid: must be a whole number")  # a reason the code never gives
+
+
+def test_the_ranges_troubleshooting_lists_are_the_checks():
+    """The fix column of the `k=0 is invalid` row lists every numeric knob's range as config.RANGES has it."""
+    row = next(
+        line for line in (ROOT / "docs" / "troubleshooting.md").read_text().splitlines() if "`k=0 is invalid" in line
+    )
+    listed = {"seed", "epsilon_final"}  # the row's own wording for these two (`0 <= seed < 2^63`; the next row)
+    for part in row.split(" | ")[2].split(";"):
+        found = re.fullmatch(r"\s*(?:the ranges: )?((?:`\w+`(?:, )?)+) (>=|>) (\d+)\s*", part)
+        for key in re.findall(r"`(\w+)`", found[1]) if found else []:
+            allowed = RANGES[key]
+            assert (allowed.low, allowed.low_open) == (int(found[3]), found[2] == ">"), f"{key}: the code has {allowed}"
+            listed.add(key)
+    assert listed == set(RANGES), f"docs/troubleshooting.md's ranges lack {sorted(set(RANGES) - listed)}"
 
 
 # ------------------------------------------------------------------------------------------------- their length

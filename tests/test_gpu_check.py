@@ -6,7 +6,6 @@ benchmark. The CUDA-only fast paths (cudagraphs, tf32) are skipped with the reas
 steps with tiny budgets.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, script
 
 STEPS = ["environment", "cuda-tests"]
 STEPS += [f"fast:{name}" for name in ("plain", "cudagraphs", "tf32", "bf16", "inductor", "deterministic")]
@@ -25,14 +24,6 @@ CUDA_ONLY = {"fast:cudagraphs", "fast:tf32"}
 def _check(tmp: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "scripts/gpu_check.py", "--device", "cpu", "--out", str(tmp / "summary.json"), *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _script():
-    """scripts/gpu_check.py as a module (scripts/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +79,8 @@ def test_the_summary_compares_with_every_cpu_table_of_the_docs(rehearsal):
     compared = dict(summary["compared_with_cpu"])
     assert "not comparable" in compared.pop("note")
     doc = (ROOT / "docs" / "benchmarks.md").read_text()
-    assert set(compared) == set(_script().cpu_figures()) and all(f"\n| {machine} | 2 |" in doc for machine in compared)
+    assert set(compared) == set(script("gpu_check").cpu_figures())
+    assert all(f"\n| {machine} | 2 |" in doc for machine in compared)
     assert len(compared) >= 3
     for ratios in compared.values():
         assert ratios["train_x"] > 0 and ratios["eval_x"] > 0
@@ -144,7 +136,7 @@ def test_a_step_the_remaining_budget_cannot_cover_is_skipped_with_the_reason(tmp
 
 def test_a_test_step_that_ran_no_test_fails(tmp_path):
     """pytest exits 5 when it selects nothing, 0 when everything skipped: neither says the GPU path works."""
-    gpu_check = _script()
+    gpu_check = script("gpu_check")
     check = gpu_check.Check("cpu", tmp_path / "summary.json", tmp_path, 60, {})
     ok, figures = gpu_check.cuda_tests(check, 60, ["-k", "no_test_has_this_name"])
     assert not ok and figures["error"] == "ran no test"
@@ -155,7 +147,7 @@ def test_a_test_step_that_ran_no_test_fails(tmp_path):
 def test_unknown_steps_and_plans_are_refused_in_one_line(tmp_path):
     for args, message in (
         (["--only", "fast:nope"], "invalid choice: 'fast:nope'"),
-        (["--plan", "benchmark=soon"], "--plan benchmark=soon: give STEP=SECONDS"),
+        (["--plan", "benchmark=soon"], "argument --plan: benchmark=soon: give STEP=SECONDS"),
     ):
         proc = _check(tmp_path, *args)
         output, _ = proc.communicate(timeout=60)
@@ -164,7 +156,7 @@ def test_unknown_steps_and_plans_are_refused_in_one_line(tmp_path):
 
 def test_the_runbooks_planned_budgets_are_the_scripts():
     """docs/benchmarks.md's table of planned budgets and their sum state what the script does."""
-    gpu_check, doc = _script(), (ROOT / "docs" / "benchmarks.md").read_text()
+    gpu_check, doc = script("gpu_check"), (ROOT / "docs" / "benchmarks.md").read_text()
     runbook = doc.split("### GPU day: the runbook", 1)[1]
     documented = {}
     for line in runbook.splitlines():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,20 +10,12 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import ROOT, run_train
+from conftest import ROOT, run_train, script
 
 from reptile_exp import paper
 from reptile_exp.evaluate import ci95
 
 SCRIPT = ROOT / "scripts" / "paper_table.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("paper_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def _render(*args: Path) -> subprocess.CompletedProcess:
@@ -109,7 +100,7 @@ def test_tables_from_a_seed_sweep_a_training_run_and_a_legacy_evaluation(tmp_pat
 
 
 def test_pooled_interval_equals_the_interval_over_all_tasks():
-    table = _script()
+    table = script("paper_table")
     g = torch.Generator().manual_seed(0)
     per_task = [(torch.rand(n, generator=g) < p).double() for n, p in ((50, 0.6), (80, 0.8), (30, 0.7))]
     found = [

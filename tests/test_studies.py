@@ -3,13 +3,12 @@ debug=smoke as part of the every-preset multirun (test_every_preset.py), and the
 figures."""
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_train
+from conftest import ROOT, run_train, script
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -83,9 +82,7 @@ def test_sine_presets_differ_only_where_documented():
     assert _compose("experiment=sine_finn_fomaml").algorithm.tail_shots == 10
 
 
-SPEC = importlib.util.spec_from_file_location("study", ROOT / "scripts" / "study.py")
-study_script = importlib.util.module_from_spec(SPEC)
-SPEC.loader.exec_module(study_script)
+study_script = script("study")
 
 
 def study(capsys, *args: str) -> str:
