@@ -84,6 +84,9 @@ class Checkpointer:
         return None
 
 
+ELSEWHERE = "; pass another checkpoint, or train in a new run dir (hydra.run.dir=...)"  # the fix a bad file gets
+
+
 def load(path: Path) -> dict:
     """Load a checkpoint with weights_only=True: a pickle that would run code is refused."""
     path = Path(path)
@@ -95,9 +98,9 @@ def load(path: Path) -> dict:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it holds objects other than tensors and plain values (refused: loading it could run code)"
-        raise CheckpointError(f"checkpoint {path} cannot be loaded: {reason}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {reason}{ELSEWHERE}") from None
     if not isinstance(state, dict) or "phi" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a reptile_exp checkpoint (no 'phi' entry)")
+        raise CheckpointError(f"checkpoint {path} is not a reptile_exp checkpoint (no 'phi' entry){ELSEWHERE}")
     return state
 
 
@@ -109,5 +112,5 @@ def resolve(path: str | Path) -> Path:
             found = Checkpointer(folder).paths()
             if found:
                 return found[0]
-        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}")
+        raise CheckpointError(f"no checkpoint (ckpt-*.pt) in {path}; pass a ckpt-*.pt file or a run dir that has one")
     return path

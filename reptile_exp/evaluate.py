@@ -32,7 +32,7 @@ def _non_transductive_logits(learner: Learner, weights: Params, x_support: Tenso
     """(T, q, n_way): query j of task t classified in one forward pass with all of t's support.
 
     One query of every task at a time, so a chunk's activations hold n_support + 1 images per task, not q times as
-    many (the chunk sizing in train.eval_chunk counts on it).
+    many (the chunk sizing in report.eval_chunk counts on it).
     """
     logits = [
         learner.predict(weights, torch.cat([x_support, x_query[:, j : j + 1]], dim=1))[:, -1]
@@ -142,7 +142,7 @@ def evaluate_modes(
     `split` with its 95% CI; the modes share the tasks and their adaptation (only the query pass differs).
 
     on_chunk(tasks) is called after each chunk (a progress bar; it may raise to stop). A result is {"accuracy",
-    "accuracy_ci95"} for classification, {"mse", "mse_ci95", "mse_curve"} for regression (the curve: mean MSE
+    "accuracy_ci95"} for classification, {"mse", "mse_ci95"} for regression, with `curve` also "mse_curve" (the mean MSE
     after 0..steps inner steps; regression has no transductive mode, so every mode gets the same result).
     """
     per_task, curves = [[] for _ in modes], []

@@ -13,7 +13,7 @@ from .evaluate import task_bytes
 from .experiment import Experiment
 from .memory import available_bytes, require
 from .meta.algorithms import MAML
-from .report import eval_chunk
+from .report import eval_chunk, eval_examples
 
 
 def check(exp: Experiment, training: bool) -> None:
@@ -24,8 +24,7 @@ def check(exp: Experiment, training: bool) -> None:
         fit = f"lower meta_batch (about {have // per_task:,} fit)"
         require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
     chunk = eval_chunk(exp, cfg.eval_tasks)
-    examples = data.n_way * (data.k_shot + 1) if data.kind == "classification" else cfg.eval_batch
-    need = chunk * task_bytes(exp.learner, exp.phi, data.input_shape, examples)
+    need = chunk * task_bytes(exp.learner, exp.phi, data.input_shape, eval_examples(exp))
     knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
     require(need, f"{knob}: one evaluation chunk of {chunk} tasks", f"lower {knob.partition('=')[0]}", exp.device)
 

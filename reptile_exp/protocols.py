@@ -40,8 +40,18 @@ def default_name(k_shot: int, transductive: bool) -> str:
 def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
     """cfg.protocols as Protocols; ConfigError (one line naming the entry and the fix) for a bad entry.
 
-    With the built `dataset`, each k_shot is also checked against the examples per class of eval_splits.
+    With the built `dataset`, every split of eval_splits must exist in it and each k_shot is checked against the
+    examples per class of those splits (train.run does this before training, so the final evaluation cannot fail).
     """
+    splits = getattr(dataset, "splits", None)
+    missing = [s for s in cfg.eval_splits if splits is not None and s not in splits]
+    if missing:
+        val = missing[0] == "val" and "val_characters" in cfg.dataset
+        hint = "; dataset.val_characters > 0 makes one" if val else ""
+        raise ConfigError(
+            f"eval_splits={list(cfg.eval_splits)} is invalid: this dataset has no {missing[0]!r} split; "
+            f"list only {sorted(splits)}{hint}"
+        )
     defaults = {
         "k_shot": cfg.dataset.k_shot,
         "transductive": cfg.transductive,

@@ -31,19 +31,22 @@ from .tracking import Tracker
 log = logging.getLogger("reptile_exp")
 
 
+def eval_examples(exp: Experiment, eval_batch: int | None = None) -> int:
+    """The most inputs a test task puts through the model at once: its support and one query per class (the inner
+    minibatches, the support plus one query, or the queries alone); sine: the minibatch or the query grid."""
+    dataset = exp.dataset
+    if dataset.kind == "classification":
+        return dataset.n_way * (dataset.k_shot + 1)
+    return max(eval_batch or exp.cfg.eval_batch, getattr(dataset, "n_points", 0))
+
+
 def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None) -> int:
     """Test tasks adapted together when evaluating num_tasks (with minibatches of eval_batch, default the knob):
     eval_chunk, or what fits in eval_memory_mb."""
-    cfg, dataset = exp.cfg, exp.dataset
-    # the most inputs a task puts through the model at once: its support and queries (the inner minibatches, the
-    # support plus one query, or the queries alone); sine: the minibatch or the query grid
-    examples = (
-        dataset.n_way * (dataset.k_shot + 1)
-        if dataset.kind == "classification"
-        else max(eval_batch or cfg.eval_batch, getattr(dataset, "n_points", 0))
-    )
+    cfg = exp.cfg
+    examples = eval_examples(exp, eval_batch)
     return chunk_size(
-        exp.learner, exp.phi, num_tasks, dataset.input_shape, examples, cfg.eval_memory_mb, cfg.eval_chunk
+        exp.learner, exp.phi, num_tasks, exp.dataset.input_shape, examples, cfg.eval_memory_mb, cfg.eval_chunk
     )
 
 
@@ -53,12 +56,10 @@ def evaluate_split(
     num_tasks: int,
     seed: int,
     curve: bool = False,
-    stop: StopSignals | None = None,
-    protocol: Protocol | None = None,
 ) -> dict:
-    """Evaluate phi on num_tasks tasks of split under `protocol` (default: the top-level knobs; its k_shot is the
-    dataset's, see `shots`); the same seed gives the same tasks on every device."""
-    return evaluate_protocols(exp, split, num_tasks, seed, [protocol or top_level(exp)], curve, stop)[0]
+    """Evaluate phi on num_tasks tasks of split under the top-level knobs (its k_shot is the dataset's, see
+    `shots`); the same seed gives the same tasks on every device."""
+    return evaluate_protocols(exp, split, num_tasks, seed, [top_level(exp)], curve)[0]
 
 
 def top_level(exp: Experiment) -> Protocol:
@@ -131,7 +132,7 @@ def describe(
     split: str, result: dict, metric: str, tasks: int, protocol: Protocol, named: bool, synthetic: bool
 ) -> str:
     """The console's line for one split under one protocol, e.g. `test MSE 0.502 (95% CI +-0.044 over 1,000 tasks,
-    32 steps)` or `1shot_transductive: test accuracy 97.6% (95% CI +-0.14 over 10,000 tasks, 5-way 1-shot, 50
+    32 steps)` or `1shot_transductive: test accuracy 97.6% (95% CI +-0.14 points over 10,000 tasks, 1-shot, 50
     steps, transductive)`; one task has no interval (`1 task, no CI`); runs on synthetic images say their numbers
     mean nothing."""
     value, ci = result[metric], result[metric + "_ci95"]

@@ -22,7 +22,7 @@ from .experiment import ADDED, fingerprint
 log = logging.getLogger("reptile_exp")
 
 
-def run_identity(cfg: DictConfig, out_dir: Path) -> tuple[str, str | None, str | None]:
+def run_identity(cfg: DictConfig) -> tuple[str, str | None, str | None]:
     """W&B run name, group and job type, from the chosen groups (and a sweep's overrides); a sweep's group is
     logger.group when set, else the sweep dir's name."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from . import cli, distributed, fits, pruning, report, rundir
+from . import cli, distributed, fits, protocols, pruning, report, rundir
 from .atomic import atomic_write_text
 from .config_checks import validate
 from .errors import ReptileExpError
@@ -147,6 +147,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     out_dir = Path(distributed.from_rank0(str(out_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
     exp = build(cfg)
+    protocols.parse(cfg, exp.dataset)  # eval_splits and protocols against the data: refused now, not after training
     checkpointer = ckpt.Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
     state, path = rundir.load_for(cfg, out_dir, checkpointer, cfg.evaluate_only)
     if state is not None:
@@ -166,7 +167,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if not cfg.evaluate_only:
         MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
     run_id = rundir.run_id(out_dir, None if cfg.evaluate_only else state)
-    name, group, job_type = rundir.run_identity(cfg, out_dir)
+    name, group, job_type = rundir.run_identity(cfg)
     start = time.time()
     with (
         Tracker(cfg, out_dir, run_id, name, group, "evaluate" if cfg.evaluate_only else job_type) as tracker,

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA GPU is visible here")
+        parser.error("--device cuda: no CUDA GPU is visible here; --device cpu times this CPU")
     if args.quick:
         args.repeats, args.warmup, args.profile = min(args.repeats, 2), 1, min(args.profile, 1)
     defaults = {"min_seconds": 0.5 if args.quick else 2.0, "eval_repeats": args.repeats}

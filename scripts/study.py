@@ -3,7 +3,9 @@
     python scripts/study.py DIR [DIR ...] --plot {learning,k,steps} [--out FIGURE.png]
 
 Each DIR is a multirun directory (outputs/multiruns/...) whose job dirs hold summary.json, metrics.jsonl and
-.hydra/overrides.yaml; jobs without summary.json (failed or still running) are reported and skipped. Complements
+.hydra/overrides.yaml. A failed job (error.txt) or one an Optuna pruner stopped is a row of the table with its
+status, and is left out of the `k` and `steps` panels (a pruned job's curve shows in `learning`); jobs with
+neither file (still running) are reported and skipped. Complements
 the sweep summary every multirun writes (reptile_exp/sweep.py: one row per job, objective against the swept
 knobs) with the studies' own views, one panel per DIR:
   learning  the periodic evaluation metric against the outer iteration, one curve per job (gradient combinations)
@@ -81,8 +83,9 @@ def rows(jobs: list[dict]) -> list[dict]:
     for job in jobs:
         row = {k: job[k] for k in ("sweep", "job", "label", "algorithm", "k")}
         summary = job["summary"]
-        if summary is None:
-            out.append({**row, "status": f"failed: {job['error']}", "overrides": " ".join(job["overrides"])})
+        if summary is None or "pruned_at" in summary:
+            status = f"failed: {job['error']}" if summary is None else f"pruned at iteration {summary['pruned_at']}"
+            out.append({**row, "status": status, "overrides": " ".join(job["overrides"])})
             continue
         split, metric = summary["objective_name"].split("/")
         result = summary["results"][split]
@@ -164,8 +167,10 @@ def _eval_key(records: list[dict]) -> str | None:
 def plot(sweeps: list[list[dict]], kind: str, path: Path) -> None:
     """One panel per multirun; see the module docstring for the three kinds."""
     fig, axes = plt.subplots(1, len(sweeps), figsize=(6 * len(sweeps), 4.2), squeeze=False)
-    for ax, jobs in zip(axes[0], ([j for j in jobs if j["summary"]] for jobs in sweeps)):
-        metric = jobs[0]["summary"]["objective_name"] if jobs else ""
+    for ax, reported in zip(axes[0], ([j for j in jobs if j["summary"]] for jobs in sweeps)):
+        finished = [j for j in reported if "pruned_at" not in j["summary"]]
+        metric = finished[0]["summary"]["objective_name"] if finished else ""
+        jobs = reported if kind == "learning" else finished
         if kind == "learning":
             key = next((k for k in map(lambda j: _eval_key(j["records"]), jobs) if k), None)
             for job in sorted(jobs, key=lambda j: (j["k"], j["label"])):

@@ -1,7 +1,8 @@
 """Bad input through the real command line (issue 7): config values, data files, checkpoints.
 
 Each case runs `python -m reptile_exp.train` in a process of its own and must exit with status 1 and one
-line on stderr ("error: ...") naming what to fix, without a traceback. The cases run a few at a time in a
+line on stderr ("error: ...") naming what to fix, without a traceback, before any training (its run dir holds no
+checkpoint and no metrics). The cases run a few at a time in a
 module fixture, each forked from one interpreter that has imported the entry point (tests/forked_train.py: a
 fresh interpreter spends most of a failing run importing torch); every case is its own test. The console-script
 test runs a fresh interpreter.
@@ -59,6 +60,17 @@ CASES = [
     ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of"),
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
+    # against the built dataset, before training: the final evaluation must not be what fails
+    (
+        "split_absent",
+        [*OMNIGLOT, "dataset.root={omniglot}", "eval_splits=[val,test]", "objective_split=test"],
+        "this dataset has no 'val' split; list only ['test', 'train']; dataset.val_characters > 0 makes one",
+    ),
+    (
+        "protocol_shots",
+        [*OMNIGLOT, "dataset.root={omniglot}", "protocols=[{{name:big,k_shot:25}}]"],
+        "protocols[0].k_shot=25 is invalid: the 'test' split has",
+    ),
     # data files
     ("data_missing", ["dataset=omniglot", "dataset.root={tmp}/nowhere"], "nowhere (which does not exist)"),
     ("root_a_file", [*OMNIGLOT, "dataset.root={omniglot}/images_background.zip"], "zip (a file, not a folder)"),
@@ -167,6 +179,7 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         for (name, *_), args, outcome in zip(CASES, cases, json.loads(proc.stdout))
     }
     results["_markers"] = [base / "pwned_by_pickle", base / "pwned_by_checkpoint"]
+    results["_runs"] = base / "runs"
     return results
 
 
@@ -182,6 +195,9 @@ def test_bad_input_fails_with_one_line(outcomes, name, phrase):
     assert "Traceback" not in proc.stdout + proc.stderr, output
     errors = [line for line in proc.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and phrase in errors[0], output
+    run_dir = outcomes["_runs"] / name
+    trained = [*run_dir.glob("checkpoints/ckpt-*.pt"), *run_dir.glob("metrics.jsonl")]
+    assert not trained, f"refused only after training: {trained}\n{output}"
 
 
 def test_hostile_files_ran_no_code(outcomes):

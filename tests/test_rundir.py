@@ -39,7 +39,7 @@ def test_a_sweeps_wandb_group_is_logger_group_when_given_else_the_sweep_dirs_nam
         )
     HydraConfig.instance().set_config(cfg)
     try:
-        name, run_group, job_type = run_identity(cfg, tmp_path)
+        name, run_group, job_type = run_identity(cfg)
     finally:
         HydraConfig.instance().cfg = None
     assert (name, run_group, job_type) == ("sine-reptile k=2,seed=1", expected, "sine-reptile")

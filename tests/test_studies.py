@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from reptile_exp.config import register_schema
+from reptile_exp.pruning import Trial
 
 register_schema()
 STUDY_PRESETS = sorted(
@@ -127,3 +128,13 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
     assert "MSE after 0" in out and (tmp_path / "k.png").exists()
     study(capsys, str(sweep), "--plot", "steps")  # default output next to the sweep
     assert (sweep / "study.png").exists() and (sweep / "study.md").exists()
+    # a job an Optuna pruner stopped (summary.json as pruning.Trial writes it) is a row of the table, not a point
+    trial = Trial(None)
+    trial.last = ("eval/test_mse", 0.5)
+    pruned = table[0]["job"]
+    (sweep / pruned / "summary.json").write_text(json.dumps(trial.summary(3, "cpu", 0.0)))
+    for kind in ("k", "steps", "learning"):
+        study(capsys, str(sweep), "--plot", kind, "--out", str(tmp_path / f"pruned_{kind}.png"))
+        rows = {r["job"]: r for r in _csv(tmp_path / f"pruned_{kind}.csv")}
+        assert rows[pruned]["status"] == "pruned at iteration 3" and rows[pruned]["value"] == ""
+        assert all(r["status"] == "finished" and r["value"] for job, r in rows.items() if job != pruned)

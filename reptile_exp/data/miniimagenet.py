@@ -160,9 +160,9 @@ def decode_split(root: Path, table: Path) -> tuple[torch.Tensor, list[str]]:
         with table.open(newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"cannot read {table} ({e})") from None
+        raise DatasetError(f"cannot read {table} ({e}); download it again") from None
     if not rows or not {"filename", "label"} <= set(rows[0]):
-        raise DatasetError(f"{table}: expected a header 'filename,label' and at least one row")
+        raise DatasetError(f"{table}: expected a header 'filename,label' and at least one row; download it again")
     classes: dict[str, list[str]] = {}
     for row in rows:
         classes.setdefault(row["label"], []).append(row["filename"])

@@ -28,15 +28,13 @@ def _average_adam_states(states: list[dict]) -> dict:
 class SerialReptile:
     """Reptile on an nn.Module, task by task.
 
-    `carry="merge"` starts every task of a meta-batch from the same inner-optimizer state and
-    averages the final states, as the task-batched engine does; `carry="sequential"` hands the
-    state from one task to the next, as the official code does (identical for meta-batch 1).
+    Every task of a meta-batch starts from the same inner-optimizer state and the final states are averaged, as the
+    task-batched engine does (the official code hands the state from one task to the next instead; identical for
+    meta-batch 1).
     """
 
-    def __init__(
-        self, model: nn.Module, learner: Learner, outer_optimizer: torch.optim.Optimizer, carry: str = "merge"
-    ):
-        self.model, self.learner, self.outer_optimizer, self.carry = model, learner, outer_optimizer, carry
+    def __init__(self, model: nn.Module, learner: Learner, outer_optimizer: torch.optim.Optimizer):
+        self.model, self.learner, self.outer_optimizer = model, learner, outer_optimizer
         self.inner_state: dict | None = None
 
     def adapt(self, tasks: TaskBatch, t: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -58,11 +56,8 @@ class SerialReptile:
         for t in range(tasks.num_tasks):
             task_model, inner = self.adapt(tasks, t)
             adapted.append([p.detach() for p in task_model.parameters()])
-            state = copy.deepcopy(inner.state_dict())
-            final_states.append(state)
-            if self.carry == "sequential":
-                self.inner_state = state
-        if self.carry == "merge" and final_states[0]["state"]:
+            final_states.append(copy.deepcopy(inner.state_dict()))
+        if final_states[0]["state"]:
             self.inner_state = _average_adam_states(final_states)
         self.outer_optimizer.zero_grad()
         for p, p0, *ws in zip(self.model.parameters(), phi, *adapted):
