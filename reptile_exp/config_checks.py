@@ -184,7 +184,9 @@ def validate(cfg: DictConfig) -> None:
     except OmegaConfBaseException as e:
         if (e.full_key or "").startswith("model."):
             check_model_fits_dataset(cfg)  # a model made for another dataset reads keys this one lacks
-        raise ConfigError(f"{e.full_key or 'config'} cannot be resolved: {first_line(e)}") from None
+        key = e.full_key or "config"
+        fix = f"set {key} to a value, or point its ${{...}} at an existing key"
+        raise ConfigError(f"{key} cannot be resolved: {first_line(e)}; {fix}") from None
     for key, allowed in RANGES.items():
         _check_range(key, cfg[key], allowed)
     for group, ranges in GROUP_RANGES.items():
