@@ -43,12 +43,26 @@ def _compose(*overrides):
         return compose("train", overrides=list(overrides))
 
 
+def _assert_sets(own, composed, where: str) -> None:
+    """Every value an option file sets itself (its defaults list, interpolations and hydra keys aside) is in the
+    composed config."""
+    for key, value in own.items():
+        if key in ("defaults", "hydra") or (isinstance(value, str) and "${" in value):
+            continue
+        if isinstance(value, dict):
+            _assert_sets(value, composed[key], f"{where}{key}.")
+        else:
+            assert composed[key] == value, f"{where}{key}: the option sets {value!r}, the config has {composed[key]!r}"
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
-def test_every_group_option_composes_and_resolves(group, option):
+def test_every_group_option_composes_resolves_and_applies(group, option):
     cfg = _compose(f"{group}={option}", *COMPANIONS.get((group, option), []))
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert container["dataset"]["_target_"]
     validate(cfg)
+    path = CONF / group / f"{option}.yaml"
+    own = OmegaConf.to_container(OmegaConf.load(path)) or {}
+    composed = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    _assert_sets(own, composed if "@package _global_" in path.read_text() else composed[group], f"{group}={option}: ")
 
 
 def test_outer_lr_is_epsilon():

@@ -77,16 +77,20 @@ def test_a_gpu_task_generator_state_resumes_with_one_rederived_from_seed_and_ite
     _, state = trained
     state = {**state, "rng": {"tasks": torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0]).byte()}}
     del state["device"]
-    phis = []
-    for _ in range(2):
+    phis, generators = [], []
+    for iteration in (2, 2, 3):
         resumed = _experiment()
         with caplog.at_level(logging.WARNING, logger="reptile_exp"):
-            resumed.load_state_dict(state)
+            resumed.load_state_dict({**state, "iteration": iteration})
+        generators.append(resumed.task_generator.get_state())
         outer_step(resumed)
         phis.append(_phi(resumed))
     lines = [r.getMessage() for r in caplog.records if "re-derived" in r.getMessage()]
-    assert len(lines) == 2 and "16 bytes" in lines[0] and "iteration 2" in lines[0] and "seed=0" in lines[0]
+    assert len(lines) == 3 and "16 bytes" in lines[0] and "iteration 2" in lines[0] and "seed=0" in lines[0]
     assert all(torch.equal(phis[0][n], phis[1][n]) for n in phis[0])  # the same seed and iteration: the same tasks
+    # re-derived, not left as a fresh run's generator, and from the iteration: another iteration, other tasks
+    fresh = _experiment().task_generator.get_state()
+    assert not torch.equal(generators[0], fresh) and not torch.equal(generators[0], generators[2])
 
 
 def test_a_gpu_runs_checkpoint_continues_the_same_tasks_on_the_cpu(caplog, trained):

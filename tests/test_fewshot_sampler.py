@@ -108,11 +108,13 @@ def test_same_seed_same_tasks_different_seed_different_tasks(data):
 
 
 def test_scale_converts_after_gathering():
-    data = FewShotClassification(identity_splits(), n_way=3, k_shot=1, train_shots=2, scale=1 / 255)
+    splits = identity_splits()
+    data = FewShotClassification(splits, n_way=3, k_shot=1, train_shots=2, scale=1 / 255)
     tb = data.sample_eval(4, 1, 1, gen())
-    cls, _ = ids(torch.round(tb.x_query * 255).to(torch.uint8))
+    cls, ex = ids(torch.round(tb.x_query * 255).to(torch.uint8))
     assert tb.x_query.dtype == torch.float32 and tb.x_query.max() <= 1
-    assert torch.allclose(tb.x_query[..., 0, 0, 0], cls.float() / 255)
+    # every query image is the stored test image its pixels name, scaled: whole images, from the right split
+    assert torch.equal(tb.x_query, splits["test"].images[cls, ex].float() * (1 / 255))
     assert data.input_shape == (1, 2, 2) and data.kind == "classification"
 
 

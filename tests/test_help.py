@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from reptile_exp.config import register_schema
+from reptile_exp.config_checks import validate
 
 register_schema()  # the schema conf/train.yaml's defaults list names first
 
@@ -54,7 +55,7 @@ def test_the_defaults_quoted_are_the_configs(help_text):
         assert str(cfg[key]).lower() == value.lower(), key
 
 
-def test_the_examples_compose(help_text):
+def test_the_examples_compose_and_pass_the_checks(help_text):
     examples = [line.split("#")[0].split()[3:] for line in _section(help_text, "Examples").splitlines() if line]
     assert len(examples) == 3
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
@@ -62,4 +63,4 @@ def test_the_examples_compose(help_text):
             overrides = [o for o in overrides if o != "-m"]
             if any("," in o for o in overrides):  # a sweep: each of its first values
                 overrides = [o.split(",")[0] for o in overrides]
-            compose("train", overrides=overrides)
+            validate(compose("train", overrides=overrides))  # the checks a run makes before any work

@@ -127,20 +127,27 @@ def test_hostile_pickle_is_refused(tmp_path, images):
     assert not target.exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "wrong shape", "uneven classes"])
-def test_bad_pickle_names_the_file(tmp_path, images, damage):
+@pytest.mark.parametrize(
+    ("damage", "phrase"),
+    [
+        ("truncated", "cannot read"),
+        ("wrong shape", "'image_data' is not a uint8 array"),
+        ("uneven classes", "classes have different numbers of images"),
+    ],
+)
+def test_bad_pickle_names_the_file_and_the_damage(tmp_path, images, damage, phrase):
     write_mini_pickles(tmp_path, images)
     path = tmp_path / "mini-imagenet-cache-test.pkl"
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:-1000])
-    else:
-        data = {"image_data": np.zeros((18, 84, 84, 3), np.uint8), "class_dict": {"a": [0, 1, 2], "b": [3, 4]}}
-        if damage == "wrong shape":
-            data["image_data"] = np.zeros((18, 32, 32, 3), np.uint8)
-        path.write_bytes(pickle.dumps(data))
+    else:  # each damage alone: the other fields are valid
+        classes = {"a": [0, 1, 2], "b": [3, 4]} if damage == "uneven classes" else {"a": [0, 1, 2], "b": [3, 4, 5]}
+        size = 32 if damage == "wrong shape" else 84
+        path.write_bytes(pickle.dumps({"image_data": np.zeros((18, size, size, 3), np.uint8), "class_dict": classes}))
     with pytest.raises(DatasetError, match="mini-imagenet-cache-test.pkl") as err:
         load(tmp_path)
     one_line(err)
+    assert phrase in str(err.value) and "download it again" in str(err.value)
 
 
 @pytest.mark.parametrize("download", [False, True])

@@ -5,7 +5,9 @@ environment, as SLURM does when it requeues a job after a node failure. The othe
 pre-emption, scancel) are tested against a real SLURM cluster in tests/test_slurm.py.
 """
 
+import json
 import os
+import pickle
 import signal
 import subprocess
 from pathlib import Path
@@ -50,4 +52,6 @@ def test_killed_job_resubmitted_like_a_requeue_resumes_from_its_checkpoint(tmp_p
     assert requeued.returncode == 0, requeued.stdout + requeued.stderr
     assert len(check_resumed(job, uninterrupted, N, EVERY)) == 1
     result = next((sweep / ".submitit").glob(f"{environ['SUBMITIT_LOCAL_JOB_ID']}/*_result.pkl"))
-    assert result.exists()  # submitit recorded the job's result, as for any finished job
+    status, value = pickle.loads(result.read_bytes())  # submitit recorded the job's result, as for any finished job
+    objective = json.loads((job / "summary.json").read_text())["objective"]
+    assert status == "success" and value.return_value == objective

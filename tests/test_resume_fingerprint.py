@@ -178,8 +178,10 @@ def test_every_key_of_a_training_group_refuses_a_resume_with_another_value(check
                 assert resume(changed(cfg, f"dataset.{location}", other(cfg.dataset[location])), path)[1] == path
 
 
-@pytest.mark.parametrize("base", ["sine", "omniglot"])
-@pytest.mark.parametrize("group", TRAINING_GROUPS)
+# sine's other models are conv nets, which do not resolve without n_way: the omniglot base tries the model group
+@pytest.mark.parametrize(
+    ("base", "group"), [(b, g) for b in ("sine", "omniglot") for g in TRAINING_GROUPS if (b, g) != ("sine", "model")]
+)
 def test_another_option_of_a_training_group_refuses_a_resume(checkpoints, base, group):
     cfg, path = checkpoints[base]
     options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
@@ -198,7 +200,7 @@ def test_another_option_of_a_training_group_refuses_a_resume(checkpoints, base, 
         named = MESSAGE.search(message)
         assert named and named[1].split(".")[0] in ({group, "model"} if group == "dataset" else {group}), message
         assert (named[2], named[3]) == (repr(value_at(mine, named[1])), repr(value_at(cfg, named[1]))), message
-    assert tried + unfit == len(options) - 1
+    assert tried >= 1 and tried + unfit == len(options) - 1
 
 
 @pytest.mark.parametrize("base", ["sine", "omniglot"])
