@@ -8,7 +8,6 @@ skipped with the reason: a SLURM cluster, a GPU, several torchrun ranks. A `chec
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import sys
@@ -17,30 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, clean_env
+from doc_commands import ENTRY, doc_commands
 
 README = ROOT / "README.md"
-ENTRY = ("python", "-m", "reptile_exp.train")
 SMOKE_CAPS = {"hparams_search=": "hydra.sweeper.n_trials=2"}  # Optuna's 40 trials would run 40 smoke jobs
 GPU_ONLY = ("device=cuda", "compile=cudagraphs", "precision=tf32")
 FILLED = ("checkpoint", "resume")
-
-
-def readme_commands(text: str) -> list[list[str]]:
-    """The train commands in a markdown text, as argument lists: those of fenced code blocks (continuation lines
-    joined, comments dropped) and of inline code spans; each cut at `&&`, `|` or `;`; in order, without repeats."""
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
-    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
-    lines += re.findall(r"(?<!`)`([^`\n]+)`(?!`)", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
-    commands: list[list[str]] = []
-    for line in lines:
-        line = re.sub(r"<([^<>\n]*)>", lambda m: "<" + m.group(1).replace(" ", "_") + ">", line)  # <run dir>: one word
-        words = shlex.split(line, comments=True)
-        for start in range(len(words)):
-            if words[start] == "torchrun" or tuple(words[start : start + 3]) == ENTRY:
-                end = next((i for i in range(start, len(words)) if words[i] in ("&&", "|", ";", "||")), len(words))
-                if words[start:end] not in commands:
-                    commands.append(words[start:end])
-    return [c for c in commands if c[0] != "torchrun" or "reptile_exp.train" in c]
 
 
 def skip_reason(command: list[str]) -> str | None:
@@ -58,7 +39,8 @@ def skip_reason(command: list[str]) -> str | None:
 
 
 def run_command(command: list[str], tmp_path: Path) -> None:
-    """Run a README command plus debug=smoke (and the caps of SMOKE_CAPS); fails on a non-zero exit."""
+    """Run a README command plus debug=smoke (and the caps of SMOKE_CAPS); fails on a non-zero exit or a run that
+    wrote no results."""
     entry = command.index("reptile_exp.train") + 1
     launcher = [sys.executable, "-m", "torch.distributed.run"] if command[0] == "torchrun" else [sys.executable]
     args = [*launcher, *command[1:], *([] if "debug=smoke" in command else ["debug=smoke"])]
@@ -71,6 +53,9 @@ def run_command(command: list[str], tmp_path: Path) -> None:
             _run([sys.executable, "-m", "reptile_exp.train", *first, f"hydra.run.dir={tmp_path / 'first'}"], tmp_path)
             args[i] = f"{key}={tmp_path / 'first'}"
     _run(args, tmp_path)
+    outputs = tmp_path / "outputs"  # REPTILE_EXP_OUTPUTS: where its run dirs go (a filled placeholder's run: 'first')
+    results = [*outputs.rglob("summary.json"), *outputs.rglob("evaluation.json")]
+    assert results, f"{shlex.join(args)} exited 0 but wrote no summary.json or evaluation.json under {outputs}"
 
 
 def _run(args: list[str], tmp_path: Path) -> None:
@@ -80,7 +65,7 @@ def _run(args: list[str], tmp_path: Path) -> None:
     assert proc.returncode == 0, f"{shlex.join(args)} exited {proc.returncode}\n{proc.stderr[-3000:]}"
 
 
-COMMANDS = readme_commands(README.read_text())
+COMMANDS = doc_commands(README.read_text())
 
 
 def test_the_readme_shows_train_commands():
