@@ -270,17 +270,17 @@ def arguments() -> argparse.ArgumentParser:
         "--variants", nargs="+", type=variant, help=f"fast-path variants, parts joined by '+': {list(FAST_PATHS)}"
     )
     parser.add_argument("--overrides", nargs="+", default=[], help="config overrides for every contender")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (medians over them)")
+    parser.add_argument("--repeats", type=int, help="timed rounds, medians over them (default 5, --quick 2)")
     parser.add_argument("--eval-repeats", type=int, help="rounds that also time evaluation (default: --repeats)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed outer iterations per contender")
+    parser.add_argument("--warmup", type=int, help="untimed outer iterations per contender (default 2, --quick 1)")
     parser.add_argument("--min-seconds", type=float, help="shortest training timing per contender and round")
     parser.add_argument("--eval-tasks", type=int, help="engine: test tasks timed (default cuda 1000, cpu 100)")
     parser.add_argument("--serial-eval-tasks", type=int, help="serial: test tasks timed (default cuda 100, cpu 10)")
-    parser.add_argument("--profile", type=int, default=3, help="steps of the time split (0: none)")
+    parser.add_argument("--profile", type=int, help="steps of the time split, 0: none (default 3, --quick 1)")
     parser.add_argument("--op-profile", type=int, default=0, help="tasks of a profiled evaluation (0: none)")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
-    parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: fewer of everything")
+    parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: smaller defaults")
     return parser
 
 
@@ -290,14 +290,15 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; --device cpu times this CPU")
-    if args.quick:
-        args.repeats, args.warmup, args.profile = min(args.repeats, 2), 1, min(args.profile, 1)
-    defaults = {"min_seconds": 0.5 if args.quick else 2.0, "eval_repeats": args.repeats}
-    defaults["eval_tasks"] = (200 if args.quick else 1000) if cuda else (10 if args.quick else 100)
-    defaults["serial_eval_tasks"] = (20 if args.quick else 100) if cuda else (2 if args.quick else 10)
+    quick = args.quick  # smaller defaults; a flag given on the command line is taken as given
+    defaults = {"repeats": 2 if quick else 5, "warmup": 1 if quick else 2, "profile": 1 if quick else 3}
+    defaults["min_seconds"] = 0.5 if quick else 2.0
+    defaults["eval_tasks"] = (200 if quick else 1000) if cuda else (10 if quick else 100)
+    defaults["serial_eval_tasks"] = (20 if quick else 100) if cuda else (2 if quick else 10)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.eval_repeats = args.repeats if args.eval_repeats is None else args.eval_repeats
     if args.threads:
         torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64  # compiled variants share the compiled code's cache (one per learner)
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
         "native_bf16": native_bf16(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "settings": {k: getattr(args, k) for k in ("repeats", "eval_repeats", "warmup", "profile", "min_seconds")},
         "load_average": [load_start, os.getloadavg()[0]],
         "matmul_gflop_s": ceilings,
         "presets": presets,

@@ -1,12 +1,12 @@
 """The GPU day in one command: every GPU step, each in its own time budget, and one JSON summary (issue 19).
 
-    python scripts/gpu_check.py [--out outputs/gpu_check.json] [--budget-s 450] [--only STEP ...]
+    python scripts/gpu_check.py [--out FILE.json] [--budget-s 450] [--only STEP ...]
     python scripts/gpu_check.py --device cpu --out /tmp/rehearsal.json     # the rehearsal (the suite runs it)
 
-Steps, cheapest first (STEPS): the environment (GPU, memory, driver, torch and CUDA versions, bf16/TF32 support);
+Steps, in this order (run_check): the environment (GPU, memory, driver, torch and CUDA versions, bf16/TF32 support);
 the `cuda`-marked tests; one Omniglot 5-way training run per fast path (plain, cudagraphs, tf32, bf16, inductor,
-deterministic: outer it/s after warm-up, with periodic evaluation and checkpoints off, evaluation seconds per
-1,000 tasks, peak memory); two ranks (torchrun); the side-by-side benchmark (scripts/benchmark.py, x serial).
+deterministic: outer it/s after warm-up, with periodic evaluation off and one checkpoint at the end, evaluation
+seconds per 1,000 tasks, peak memory); two ranks (torchrun); the side-by-side benchmark (scripts/benchmark.py).
 
 Each step has a planned budget (PLANS, written to the summary before the step starts): a step the remaining
 budget cannot cover is skipped with the reason; a step that outruns its budget is killed with its whole process

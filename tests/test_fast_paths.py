@@ -394,7 +394,7 @@ def test_bf16_warns_only_on_a_cpu_without_bfloat16_instructions(precision, caplo
 
 def test_benchmark_prints_a_table_then_one_json_line():
     args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
-    args += ["--eval-tasks", "8", "--serial-eval-tasks", "2", "--min-seconds", "0.05", "--profile", "1"]
+    args += ["--eval-tasks", "8", "--serial-eval-tasks", "2", "--min-seconds", "0.05", "--profile", "2"]
     args += ["--op-profile", "4"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
@@ -413,6 +413,8 @@ def test_benchmark_prints_a_table_then_one_json_line():
     assert plain["train_it_s"] > 0 and plain["eval_s_per_1000"] > 0 and plain["train_x_serial"] > 0
     assert sine["train_step_gflop"] > 0 and report["matmul_gflop_s"]["float32"] > 0
     assert set(sine["profile_s"]) == {"sampling", "inner loop", "outer step"}
+    # --quick lowers the defaults only: the flags given are taken as given
+    assert report["settings"] == {"repeats": 1, "eval_repeats": 1, "warmup": 1, "profile": 2, "min_seconds": 0.05}
     assert "other" in sine["eval_ops_s"] and any(k.startswith("aten::") for k in sine["eval_ops_s"])
     assert sum(sine["eval_ops_s"].values()) > 0
     # the machine is named beside its figures: the CPU type, and whether its bfloat16 is native (hardware.py)
