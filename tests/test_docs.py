@@ -363,6 +363,36 @@ def test_the_ranges_troubleshooting_lists_are_the_checks():
     assert listed == set(RANGES), f"docs/troubleshooting.md's ranges lack {sorted(set(RANGES) - listed)}"
 
 
+# ------------------------------------------------------------------------------------------- REFERENCE.md citations
+
+REFERENCE = ROOT / "docs" / "REFERENCE.md"
+CITING = [p for p in (ROOT / "README.md", ROOT / "CHANGELOG.md") if p.exists()] + [
+    p for folder in ("docs", "reptile_exp", "scripts", "conf", "tests") for p in sorted((ROOT / folder).rglob("*.*"))
+]
+
+
+def test_every_reference_citation_names_a_section_it_has():
+    """`REFERENCE.md section 6` (or `sections 4 and 5`) anywhere in the project: docs/REFERENCE.md has that section."""
+    sections = set(re.findall(r"^## (\d+)\. ", REFERENCE.read_text(), flags=re.M))
+    cited = 0
+    for path in CITING:
+        if path.suffix not in (".md", ".py", ".yaml") or path == REFERENCE:
+            continue
+        for match in re.finditer(r"REFERENCE(?:\.md)? sections? ((?:\d+(?:, | and |-))*\d+)", path.read_text()):
+            cited += 1
+            missing = set(re.findall(r"\d+", match[1])) - sections
+            assert not missing, f"{path.relative_to(ROOT)}: {match[0]!r} cites no section of docs/REFERENCE.md"
+    assert cited >= 50
+
+
+def test_the_reference_is_the_shared_one():
+    """docs/REFERENCE.md is the team's ../shared/REFERENCE.md, where a checkout has it (CI's clean clone does not)."""
+    shared = ROOT.parent / "shared" / "REFERENCE.md"
+    if not shared.exists():
+        pytest.skip(f"no {shared} beside this checkout")
+    assert REFERENCE.read_text() == shared.read_text(), f"docs/REFERENCE.md differs from {shared}: copy it again"
+
+
 # ------------------------------------------------------------------------------------------------- their length
 
 
