@@ -88,7 +88,8 @@ def _choice(group: str) -> str | None:
 def check_model_fits_dataset(cfg: DictConfig) -> None:
     """The model must take the dataset's inputs and give its outputs (one per class; regression: one value).
 
-    Checked by a forward pass on two zero inputs of the dataset's shape, before any data is read.
+    Checked by a forward pass on two zero inputs of the dataset's shape, before any data is read, on the meta device
+    (shapes only: no memory, whatever the model's size; the CPU for a model with an operator meta lacks).
     """
     try:
         data = get_object(cfg.dataset._target_)
@@ -99,10 +100,9 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
         return
     outputs = 1 if data.kind == "regression" else cfg.dataset.n_way
     try:
-        with torch.no_grad():
-            got = tuple(instantiate(cfg.model)(torch.zeros(2, *shape, device="cpu")).shape[1:])  # any device: CPU
-    except (RuntimeError, OmegaConfBaseException):  # a shape mismatch, or a key of another dataset's model
-        got = None
+        got = _output_shape(cfg.model, shape, "meta")
+    except NotImplementedError:
+        got = _output_shape(cfg.model, shape, "cpu")
     if got == (outputs,):
         return
     dataset, model = _choice("dataset"), _choice("model")
@@ -120,6 +120,18 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     model_name = f"model={model}" if model else f"model._target_={cfg.model._target_}"
     dataset_name = f"dataset={dataset}" if dataset else f"dataset._target_={cfg.dataset._target_}"
     raise ConfigError(f"{model_name} does not fit {dataset_name}: the model must {needs}; {fix}")
+
+
+def _output_shape(model: DictConfig, shape: tuple[int, ...], device: str) -> tuple[int, ...] | None:
+    """The model's output shape (without the batch) for two zero inputs of `shape` on `device`; None for a shape
+    mismatch or a key of another dataset's model. An operator `device` lacks raises NotImplementedError."""
+    try:
+        with torch.no_grad(), torch.device(device):
+            return tuple(instantiate(model)(torch.zeros(2, *shape)).shape[1:])
+    except NotImplementedError:
+        raise
+    except (RuntimeError, OmegaConfBaseException):
+        return None
 
 
 def _dataset_model(dataset: str) -> str | None:

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .hardware import resolve
 from .host_memory import keep_host_memory
 from .instantiate import instantiate
+from .memory import require
 from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
 
@@ -214,6 +215,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_model(cfg_model: DictConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The model, once a build on the meta device (shapes, no memory) has shown that its parameters fit: a model too
+    large for the machine is refused in one line instead of allocated until the kernel kills the process."""
+    try:
+        with torch.device("meta"):
+            shapes = instantiate(cfg_model)
+    except Exception:  # noqa: BLE001 - a model that cannot be built without memory: the real build says why
+        shapes = None
+    if shapes is not None:
+        params = sum(p.numel() for p in shapes.parameters())
+        what = f"the model ({type(shapes).__name__}, {params:,} parameters)"
+        require(params * dtype.itemsize, what, "choose a smaller one (model.hidden, model.channels)", device)
+    return instantiate(cfg_model).to(device=device, dtype=dtype)
+
+
 def build(cfg: DictConfig) -> Experiment:
     """Instantiate dataset, model, inner/outer optimizers, eps schedule and task sampler.
 
@@ -227,7 +243,7 @@ def build(cfg: DictConfig) -> Experiment:
         keep_host_memory()
     torch.manual_seed(cfg.seed)
     dataset = build_dataset(cfg).to(device)
-    model = instantiate(cfg.model).to(device=device, dtype=dtype)
+    model = build_model(cfg.model, device, dtype)
     inner = instantiate(cfg.inner_optimizer)
     loss = "mse" if dataset.kind == "regression" else "cross_entropy"
     compile, precision, chosen = resolve(device, cfg.compile.value, cfg.precision.value)

@@ -60,6 +60,8 @@ CASES = [
     ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of"),
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
+    # a model no machine holds (4 TB of parameters), refused before any of it is allocated
+    ("model_too_big", ["model.hidden=[1000000,1000000]"], "the model (MLP, 1,000,004,000,001 parameters) needs about"),
     # against the built dataset, before training: the final evaluation must not be what fails
     (
         "split_absent",
