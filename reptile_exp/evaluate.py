@@ -41,19 +41,10 @@ def _non_transductive_logits(learner: Learner, weights: Params, x_support: Tenso
     return torch.stack(logits, dim=1)
 
 
-def chunk_size(
-    learner: Learner,
-    phi: Params,
-    tasks_per_eval: int,
-    example_shape: tuple,
-    examples: int,
-    memory_mb: float,
-    requested: int = 0,
-) -> int:
-    """Tasks adapted together: `requested`, or as many as fit in memory_mb (task_bytes each)."""
+def chunk_size(per_task: int, tasks_per_eval: int, memory_mb: float, requested: int = 0) -> int:
+    """Tasks adapted together: `requested`, or as many as fit in memory_mb (per_task bytes each)."""
     if requested:
         return min(requested, tasks_per_eval)
-    per_task = task_bytes(learner, phi, example_shape, examples)
     return max(1, min(tasks_per_eval, int(memory_mb * 2**20 // per_task)))
 
 

@@ -9,24 +9,36 @@ import math
 
 import torch
 
+from . import protocols
 from .evaluate import task_bytes
 from .experiment import Experiment
 from .memory import available_bytes, require
 from .meta.algorithms import MAML
-from .report import eval_chunk, eval_examples
+from .report import eval_chunk, eval_task_bytes, shots, top_level
 
 
 def check(exp: Experiment, training: bool) -> None:
-    """Refuse a meta_batch (training) or an eval_chunk / eval_memory_mb (evaluation) that cannot fit."""
-    cfg, data = exp.cfg, exp.dataset
+    """Refuse a meta_batch (training) or an eval_chunk / eval_memory_mb (evaluation, under every protocol) that cannot
+    fit; where a single task cannot, name what makes one task big instead."""
+    cfg, have = exp.cfg, available_bytes(exp.device)
     if training:
-        per_task, have = step_bytes(exp), available_bytes(exp.device)
+        per_task = step_bytes(exp)
+        if per_task > have:
+            require(per_task, "one training task", "lower k, inner_batch or the dataset's sizes", exp.device, have)
         fit = f"lower meta_batch (about {have // per_task:,} fit)"
         require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
-    chunk = eval_chunk(exp, cfg.eval_tasks)
-    need = chunk * task_bytes(exp.learner, exp.phi, data.input_shape, eval_examples(exp))
     knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
-    require(need, f"{knob}: one evaluation chunk of {chunk} tasks", f"lower {knob.partition('=')[0]}", exp.device)
+    settings = {(p.k_shot, p.eval_batch, p.k_eval): "" for p in [top_level(exp)]}  # the periodic evaluation's
+    for p in protocols.parse(cfg):
+        settings.setdefault((p.k_shot, p.eval_batch, p.k_eval), f"protocol {p.name}: ")
+    for (k_shot, batch, steps), where in settings.items():
+        with shots(exp.dataset, k_shot):
+            per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, cfg.eval_tasks, batch, steps)
+        if per_task > have:
+            what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
+            require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
+        fix = f"lower {knob.partition('=')[0]}"
+        require(chunk * per_task, f"{knob}: one evaluation chunk of {chunk} tasks", fix, exp.device, have)
 
 
 def step_bytes(exp: Experiment) -> int:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import plots, protocols
-from .evaluate import chunk_size, evaluate_modes
+from .evaluate import chunk_size, evaluate_modes, task_bytes
 from .experiment import Experiment
 from .measure import run_peak_memory_mb
 from .protocols import Protocol
@@ -40,14 +40,20 @@ def eval_examples(exp: Experiment, eval_batch: int | None = None) -> int:
     return max(eval_batch or exp.cfg.eval_batch, getattr(dataset, "n_points", 0))
 
 
-def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None) -> int:
-    """Test tasks adapted together when evaluating num_tasks (with minibatches of eval_batch, default the knob):
-    eval_chunk, or what fits in eval_memory_mb."""
-    cfg = exp.cfg
-    examples = eval_examples(exp, eval_batch)
-    return chunk_size(
-        exp.learner, exp.phi, num_tasks, exp.dataset.input_shape, examples, cfg.eval_memory_mb, cfg.eval_chunk
-    )
+def eval_task_bytes(exp: Experiment, eval_batch: int | None = None, k_eval: int | None = None) -> int:
+    """One test task's memory (eval_batch, k_eval: default the knobs): its adaptation (evaluate.task_bytes of
+    eval_examples inputs) and its minibatch schedule, k_eval x eval_batch int64 indices drawn with it."""
+    batch = eval_batch or exp.cfg.eval_batch
+    steps = exp.cfg.k_eval if k_eval is None else k_eval
+    adaptation = task_bytes(exp.learner, exp.phi, exp.dataset.input_shape, eval_examples(exp, batch))
+    return adaptation + 8 * steps * batch
+
+
+def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None, k_eval: int | None = None) -> int:
+    """Test tasks adapted together when evaluating num_tasks (eval_batch, k_eval: default the knobs): eval_chunk, or
+    what fits in eval_memory_mb."""
+    per_task = eval_task_bytes(exp, eval_batch, k_eval)
+    return chunk_size(per_task, num_tasks, exp.cfg.eval_memory_mb, exp.cfg.eval_chunk)
 
 
 def evaluate_split(
@@ -117,7 +123,7 @@ def evaluate_protocols(
             first.k_eval,
             first.eval_batch,
             torch.Generator().manual_seed(seed),
-            eval_chunk(exp, num_tasks, first.eval_batch),
+            eval_chunk(exp, num_tasks, first.eval_batch, first.k_eval),
             modes=tuple(p.transductive for p in group),
             curve=curve,
             on_chunk=on_chunk,

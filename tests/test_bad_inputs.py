@@ -62,6 +62,12 @@ CASES = [
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
     # a model no machine holds (4 TB of parameters), refused before any of it is allocated
     ("model_too_big", ["model.hidden=[1000000,1000000]"], "the model (MLP, 1,000,004,000,001 parameters) needs about"),
+    ("task_too_big", ["dataset.n_points=1000000000000"], "one training task needs about"),  # not "about 0 fit"
+    (
+        "test_task_too_big",  # its 10^9 x 10 minibatch indices (80 GB) were allocated before
+        ["protocols=[{{name:long,k_eval:1000000000}}]"],
+        "protocol long: k_eval=1000000000, eval_batch=10: one test task needs about",
+    ),
     # against the built dataset, before training: the final evaluation must not be what fails
     (
         "split_absent",

@@ -11,7 +11,7 @@ from conftest import final_phi, run_train
 
 from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
 from reptile_exp.data.sine import Sine
-from reptile_exp.evaluate import chunk_size
+from reptile_exp.evaluate import chunk_size, task_bytes
 from reptile_exp.meta.learner import Learner
 from reptile_exp.meta.optim import Adam
 from reptile_exp.models import OmniglotConvNet
@@ -44,7 +44,7 @@ def test_the_evaluation_chunk_counts_the_dtypes_element_size():
     for dtype in (torch.float32, torch.float64):
         learner = Learner(OmniglotConvNet().to(dtype), Adam(1e-3), "cross_entropy")
         phi = dict(learner.model.named_parameters())
-        chunks[dtype] = chunk_size(learner, phi, 10_000, (1, 28, 28), examples=10, memory_mb=256)
+        chunks[dtype] = chunk_size(task_bytes(learner, phi, (1, 28, 28), examples=10), 10_000, memory_mb=256)
     assert chunks[torch.float32] > 10 and chunks[torch.float64] == chunks[torch.float32] // 2
 
 
