@@ -84,6 +84,16 @@ def _raised_in_task(e: BaseException) -> bool:
     return False
 
 
+def _run_dir_error(e: Exception) -> str | None:
+    """One line for a run dir Hydra cannot create or write (before any job runs)."""
+    if isinstance(e, OSError) and e.filename:
+        return (
+            f"cannot write {e.filename} ({e.strerror}), where Hydra puts the run dir; set hydra.run.dir (a sweep: "
+            "hydra.sweep.dir) to a writable folder"
+        )
+    return None
+
+
 def command_line(hydra_main: Callable[[], object]) -> None:
     """Hydra's main (a function decorated with hydra.main), with the errors Hydra and OmegaConf raise while
     composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1. HYDRA_FULL_ERROR=1 shows
@@ -93,7 +103,7 @@ def command_line(hydra_main: Callable[[], object]) -> None:
     try:
         hydra_main()
     except Exception as e:
-        message = None if _raised_in_task(e) else composition_error(e)  # a bug in run() keeps its traceback
+        message = None if _raised_in_task(e) else composition_error(e) or _run_dir_error(e)  # run()'s bugs: traceback
         if message is None or asked == "1":
             raise
         print(f"error: {message}", file=sys.stderr)

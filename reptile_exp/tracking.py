@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_text
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +111,27 @@ class Tracker:
             return self
         import wandb
 
-        self.run = wandb.init(
-            project=self.cfg.logger.project,
-            entity=self.cfg.logger.entity,
-            dir=str(self.out_dir),
-            id=self.run_id,
-            name=self.name,
-            group=self.group or self.cfg.logger.group,
-            job_type=self.job_type,
-            tags=list(self.cfg.logger.tags),
-            config=OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
-            mode=self.mode,
-            resume="allow",
-            settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
-        )
+        try:
+            self.run = wandb.init(
+                project=self.cfg.logger.project,
+                entity=self.cfg.logger.entity,
+                dir=str(self.out_dir),
+                id=self.run_id,
+                name=self.name,
+                group=self.group or self.cfg.logger.group,
+                job_type=self.job_type,
+                tags=list(self.cfg.logger.tags),
+                config=OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True),
+                mode=self.mode,
+                resume="allow",
+                settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
+            )
+        except wandb.errors.Error as e:  # no API key, or no server that answers
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"logger.mode={self.mode}: W&B did not start ({first}); log in (wandb login, or WANDB_API_KEY) and "
+                "check the network, or use logger.mode=offline and upload later with wandb sync"
+            ) from None
         if self.mode == "offline":
             offline_run = Path(self.run.dir).parent  # run.dir is the run's files/ folder
             log.info("W&B offline run in %s; upload it later with: wandb sync %s", offline_run, offline_run)

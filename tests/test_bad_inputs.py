@@ -97,6 +97,9 @@ CASES = [
     ("pickle_size", [*MINI, "dataset.root={mini_size}"], "is not a uint8 array (N, 84, 84, 3)"),
     ("class_empty", [*MINI, "dataset.root={mini_empty}"], "classes have different numbers of images"),
     ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
+    # where the run writes
+    ("run_dir", ["hydra.run.dir=/proc/nowhere/run"], "cannot write /proc/nowhere (No such file or directory), where"),
+    ("wandb_no_key", ["logger.mode=online"], "logger.mode=online: W&B did not start (No API key configured"),
     # checkpoints
     ("ckpt_missing", ["resume={tmp}/nowhere.pt"], "nowhere.pt does not exist"),
     ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
@@ -176,7 +179,7 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     env = clean_env(base, PYTHONPATH=str(ROOT / "tests"), REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
 
     cases = [
-        [*(o.format(**places) for o in overrides), *FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}"]
+        [*FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}", *(o.format(**places) for o in overrides)]
         for name, overrides, _ in CASES
     ]
     cmd = [sys.executable, str(ROOT / "tests" / "forked_train.py"), "--jobs", "3", "--work", str(base / "forked")]
