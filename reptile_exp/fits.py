@@ -28,7 +28,8 @@ def check(exp: Experiment, training: bool) -> None:
         fit = f"lower meta_batch (about {have // per_task:,} fit)"
         require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
     knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
-    settings = {(p.k_shot, p.eval_batch, p.k_eval): "" for p in [top_level(exp)]}  # the periodic evaluation's
+    top = top_level(exp)  # the periodic evaluation's settings, then each protocol's
+    settings = {(top.k_shot, top.eval_batch, top.k_eval): ""}
     for p in protocols.parse(cfg):
         settings.setdefault((p.k_shot, p.eval_batch, p.k_eval), f"protocol {p.name}: ")
     for (k_shot, batch, steps), where in settings.items():
