@@ -22,7 +22,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig
 from .errors import ConfigError, fail
-from .instantiate import instantiate
+from .instantiate import instantiate, parameter_count
+from .memory import available_bytes
 from .protocols import parse
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -88,8 +89,8 @@ def _choice(group: str) -> str | None:
 def check_model_fits_dataset(cfg: DictConfig) -> None:
     """The model must take the dataset's inputs and give its outputs (one per class; regression: one value).
 
-    Checked by a forward pass on two zero inputs of the dataset's shape, before any data is read, on the meta device
-    (shapes only: no memory, whatever the model's size; the CPU for a model with an operator meta lacks).
+    Checked by a forward pass on two zero inputs of the dataset's shape on the CPU, before any data is read; a model
+    whose parameters alone exceed the memory is left to experiment.build_model, which refuses it naming its size.
     """
     try:
         data = get_object(cfg.dataset._target_)
@@ -99,10 +100,14 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     if shape is None:
         return
     outputs = 1 if data.kind == "regression" else cfg.dataset.n_way
+    params = parameter_count(cfg.model)
+    if params is not None and 4 * params > available_bytes(torch.device("cpu")):
+        return
     try:
-        got = _output_shape(cfg.model, shape, "meta")
-    except NotImplementedError:
-        got = _output_shape(cfg.model, shape, "cpu")
+        with torch.no_grad():
+            got = tuple(instantiate(cfg.model)(torch.zeros(2, *shape, device="cpu")).shape[1:])  # any device: CPU
+    except (RuntimeError, OmegaConfBaseException):  # a shape mismatch, or a key of another dataset's model
+        got = None
     if got == (outputs,):
         return
     dataset, model = _choice("dataset"), _choice("model")
@@ -120,18 +125,6 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     model_name = f"model={model}" if model else f"model._target_={cfg.model._target_}"
     dataset_name = f"dataset={dataset}" if dataset else f"dataset._target_={cfg.dataset._target_}"
     raise ConfigError(f"{model_name} does not fit {dataset_name}: the model must {needs}; {fix}")
-
-
-def _output_shape(model: DictConfig, shape: tuple[int, ...], device: str) -> tuple[int, ...] | None:
-    """The model's output shape (without the batch) for two zero inputs of `shape` on `device`; None for a shape
-    mismatch or a key of another dataset's model. An operator `device` lacks raises NotImplementedError."""
-    try:
-        with torch.no_grad(), torch.device(device):
-            return tuple(instantiate(model)(torch.zeros(2, *shape)).shape[1:])
-    except NotImplementedError:
-        raise
-    except (RuntimeError, OmegaConfBaseException):
-        return None
 
 
 def _dataset_model(dataset: str) -> str | None:

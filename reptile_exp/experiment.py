@@ -25,7 +25,7 @@ from .data.fewshot import synthetic_like
 from .errors import ConfigError
 from .hardware import resolve
 from .host_memory import keep_host_memory
-from .instantiate import instantiate
+from .instantiate import instantiate, parameter_count
 from .memory import require
 from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
@@ -218,14 +218,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg_model: DictConfig, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model, once a build on the meta device (shapes, no memory) has shown that its parameters fit: a model too
     large for the machine is refused in one line instead of allocated until the kernel kills the process."""
-    try:
-        with torch.device("meta"):
-            shapes = instantiate(cfg_model)
-    except Exception:  # noqa: BLE001 - a model that cannot be built without memory: the real build says why
-        shapes = None
-    if shapes is not None:
-        params = sum(p.numel() for p in shapes.parameters())
-        what = f"the model ({type(shapes).__name__}, {params:,} parameters)"
+    params = parameter_count(cfg_model)
+    if params is not None:
+        what = f"the model ({cfg_model._target_.rpartition('.')[2]}, {params:,} parameters)"
         require(params * dtype.itemsize, what, "choose a smaller one (model.hidden, model.channels)", device)
     return instantiate(cfg_model).to(device=device, dtype=dtype)
 

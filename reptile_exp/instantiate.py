@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
@@ -17,3 +18,13 @@ def instantiate(node: DictConfig, *args):
         if isinstance(e.__cause__, ReptileExpError):
             raise e.__cause__ from None
         raise
+
+
+def parameter_count(node: DictConfig) -> int | None:
+    """The parameters of the module `node` builds, counted on the meta device (shapes only: no memory, milliseconds;
+    a forward pass there would cost seconds of imports); None where it cannot be built there."""
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in instantiate(node).parameters())
+    except Exception:  # noqa: BLE001 - the real build says why
+        return None
