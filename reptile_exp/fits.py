@@ -23,8 +23,7 @@ def check(exp: Experiment, training: bool) -> None:
     cfg, have = exp.cfg, available_bytes(exp.device)
     if training:
         per_task = step_bytes(exp)
-        if per_task > have:
-            require(per_task, "one training task", "lower k, inner_batch or the dataset's sizes", exp.device, have)
+        require(per_task, "one training task", "lower k, inner_batch or the dataset's sizes", exp.device, have)
         fit = f"lower meta_batch (about {have // per_task:,} fit)"
         require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
     knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
@@ -35,9 +34,8 @@ def check(exp: Experiment, training: bool) -> None:
     for (k_shot, batch, steps), where in settings.items():
         with shots(exp.dataset, k_shot):
             per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, cfg.eval_tasks, batch, steps)
-        if per_task > have:
-            what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
-            require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
+        what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
+        require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
         fix = f"lower {knob.partition('=')[0]}"
         require(chunk * per_task, f"{knob}: one evaluation chunk of {chunk} tasks", fix, exp.device, have)
 
