@@ -94,16 +94,21 @@ def _run_dir_error(e: Exception) -> str | None:
     return None
 
 
+def _ours(e: Exception) -> str | None:
+    """The line of an error of ours raised outside a job (the sweeper's checks), wrapped by Hydra or not."""
+    return next((str(err) for err in (e, e.__cause__) if isinstance(err, ReptileExpError)), None)
+
+
 def command_line(hydra_main: Callable[[], object]) -> None:
     """Hydra's main (a function decorated with hydra.main), with the errors Hydra and OmegaConf raise while
-    composing the config (k=abc, kk=3, dataset=nope) printed as one line, exit status 1. HYDRA_FULL_ERROR=1 shows
-    them with their traceback instead."""
+    composing the config (k=abc, kk=3, dataset=nope), and ours outside a job (a sweeper's settings), printed as one
+    line, exit status 1; run()'s bugs keep their traceback. HYDRA_FULL_ERROR=1 shows them all with their traceback."""
     asked = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises composition errors instead of printing a report
     try:
         hydra_main()
     except Exception as e:
-        message = None if _raised_in_task(e) else composition_error(e) or _run_dir_error(e)  # run()'s bugs: traceback
+        message = None if _raised_in_task(e) else _ours(e) or composition_error(e) or _run_dir_error(e)
         if message is None or asked == "1":
             raise
         print(f"error: {message}", file=sys.stderr)

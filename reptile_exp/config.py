@@ -167,7 +167,7 @@ RANGES = {
     "eval_batch": POSITIVE_INT,
     "eval_tasks": POSITIVE_INT,
     "eval_chunk": NATURAL,
-    "eval_memory_mb": POSITIVE,
+    "eval_memory_mb": Range(0, 2**30, low_open=True),  # up to a petabyte: MB x 2**20 must stay a finite byte count
     "eval_every": NATURAL,
     "eval_every_tasks": POSITIVE_INT,
     "log_every": POSITIVE_INT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -33,6 +34,7 @@ TYPES = {
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
     "str": (lambda v: isinstance(v, str), "a string"),
+    "sequence": (lambda v: isinstance(v, (list, tuple, ListConfig)), "a list, e.g. [64,64]"),
 }
 
 
@@ -58,6 +60,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         for name in node:
             annotation = params[name].annotation if name in params else ""
             annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+            annotation = "sequence" if annotation.startswith(("tuple[", "list[")) else annotation
             test, kind = TYPES.get(annotation.removesuffix(" | None"), (None, ""))
             value = node[name]
             if test is not None and not test(value) and not (value is None and annotation.endswith(" | None")):
@@ -208,6 +211,15 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg[group].get("betas")
         if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
             fail(f"{group}.betas", betas, "must be a pair")
+    cores = os.cpu_count() or 1
+    if cfg.threads > cores:
+        fail("threads", cfg.threads, f"must be <= the {cores} CPU cores of this machine (0: torch's default)")
+    if cfg.dtype.value == "float64" and cfg.precision.value in ("bf16", "tf32"):
+        fail("precision", cfg.precision.value, "bf16 and tf32 apply to float32 only: leave dtype=float32 or precision")
+    if cfg.evaluate_only and cfg.resume is not None:
+        fail("resume", cfg.resume, "evaluate_only=true reads checkpoint=<file or run dir>; resume= continues training")
+    if not cfg.evaluate_only and cfg.checkpoint is not None:
+        fail("checkpoint", cfg.checkpoint, "read with evaluate_only=true only; resume= continues training from it")
     if cfg.epsilon_final > cfg.epsilon:
         fail("epsilon_final", cfg.epsilon_final, f"must be between 0 and epsilon={cfg.epsilon}")
     if dataset.get("x_sampling") == "grid":
@@ -226,4 +238,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.objective_split not in splits:
         fail("objective_split", cfg.objective_split, f"must be one of eval_splits={splits}")
     check_model_fits_dataset(cfg)
+    check_outer_optimizer(cfg.outer_optimizer)
     parse(cfg)
+
+
+def check_outer_optimizer(node: DictConfig) -> None:
+    """The outer optimizer's own checks (nesterov without momentum, fused with foreach, ...) on one parameter,
+    before any data is read."""
+    try:
+        instantiate(node)([torch.zeros(1, requires_grad=True)])
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"outer_optimizer is invalid: {first_line(e)}; change the outer_optimizer.* values") from None

@@ -56,6 +56,12 @@ def setup(device: str, meta_batch: int) -> int:
     _export_submitit_env()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
+    unset = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if unset:
+        raise ConfigError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(unset)} not: launch the ranks with torchrun "
+            "(or the submitit launcher), or unset WORLD_SIZE for a single process"
+        )
     global _cpu_group
     if not dist.is_initialized():
         # Imported after the group exists (torch.optim imports it), torch._dynamo keeps references to it, so

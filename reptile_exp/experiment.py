@@ -81,7 +81,10 @@ class Experiment:
         Entries of older checkpoints that the run never used (the global and the CUDA RNG states) are ignored.
         """
         self.learner.model.load_state_dict(state["phi"])
-        self.inner_state = _to_device(state["inner_state"], self.device)
+        if set(state["inner_state"]) == set(self.inner_state):  # evaluate_only may use another inner optimizer
+            self.inner_state = _to_device(state["inner_state"], self.device)
+        else:
+            log.info("the checkpoint's inner optimizer state does not fit this inner_optimizer: starting it fresh")
         self.iteration = state["iteration"]
         if training:
             window = state.get("loss_window", {"sum": 0.0, "from": self.iteration})  # older checkpoints: none

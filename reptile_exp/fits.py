@@ -27,17 +27,27 @@ def check(exp: Experiment, training: bool) -> None:
         fit = f"lower meta_batch (about {have // per_task:,} fit)"
         require(cfg.meta_batch * per_task, f"meta_batch={cfg.meta_batch}: one outer step", fit, exp.device, have)
     knob = f"eval_chunk={cfg.eval_chunk}" if cfg.eval_chunk else f"eval_memory_mb={cfg.eval_memory_mb}"
-    top = top_level(exp)  # the periodic evaluation's settings, then each protocol's
-    settings = {(top.k_shot, top.eval_batch, top.k_eval): ""}
+    top = top_level(exp)  # the periodic evaluation's settings (and its eval_every_tasks), then each protocol's
+    periodic = cfg.eval_every_tasks if training and cfg.eval_every else 0
+    settings = {(top.k_shot, top.eval_batch, top.k_eval): ("", max(cfg.eval_tasks, periodic))}
     for p in protocols.parse(cfg):
-        settings.setdefault((p.k_shot, p.eval_batch, p.k_eval), f"protocol {p.name}: ")
-    for (k_shot, batch, steps), where in settings.items():
+        settings.setdefault((p.k_shot, p.eval_batch, p.k_eval), (f"protocol {p.name}: ", cfg.eval_tasks))
+    for (k_shot, batch, steps), (where, tasks) in settings.items():
         with shots(exp.dataset, k_shot):
-            per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, cfg.eval_tasks, batch, steps)
+            per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, tasks, batch, steps)
         what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
         require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
         fix = f"lower {knob.partition('=')[0]}"
         require(chunk * per_task, f"{knob}: one evaluation chunk of {chunk} tasks", fix, exp.device, have)
+        kept = f"{tasks} test tasks: their results, kept to the end of the evaluation"
+        require(tasks * results_bytes(exp, steps), kept, "lower eval_tasks (or eval_every_tasks)", exp.device, have)
+
+
+def results_bytes(exp: Experiment, k_eval: int) -> int:
+    """What an evaluation keeps of each task to its end (evaluate.evaluate_split): a float64 value per mode (plain,
+    transductive) and its concatenated copies; for regression the MSE curve, k_eval + 1 values, and its float64 copy."""
+    curve = (k_eval + 1) * (2 * exp.dtype.itemsize + 8) if exp.dataset.kind == "regression" else 0
+    return 2 * 3 * 8 + curve
 
 
 def step_bytes(exp: Experiment) -> int:

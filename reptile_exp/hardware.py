@@ -60,8 +60,9 @@ def resolve(device: torch.device, compile: str, precision: str) -> tuple[str, st
     """compile and precision with `auto` made concrete, and a line saying what auto chose (None without auto).
 
     precision=auto: bf16 where native, else highest (float32). compile=auto: cudagraphs on CUDA (the paper's
-    models launch many tiny kernels per step); none on a CPU, where inductor's gain is machine-dependent (training
-    1.06x to 1.32x or slower, evaluation slower on every machine measured: docs/benchmarks.md)."""
+    models launch many tiny kernels per step); none on a CPU, where inductor's gain is machine- and model-dependent
+    (Omniglot: training 1.06x to 1.32x or slower, evaluation slower on every machine measured; sine: both faster;
+    docs/benchmarks.md)."""
     chosen = []
     if precision == "auto":
         native, why = native_bf16(device)

@@ -58,6 +58,8 @@ def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
         "eval_batch": cfg.eval_batch,
         "k_eval": cfg.k_eval,
     }
+    if cfg.transductive and "root" not in cfg.dataset:
+        raise ConfigError("transductive=True is invalid: regression has no transductive evaluation; leave it false")
     entries = OmegaConf.to_container(cfg.protocols, resolve=True) or [{"name": "default"}]
     protocols: list[Protocol] = []
     valid = [f.name for f in fields(Protocol)]

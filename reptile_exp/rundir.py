@@ -46,27 +46,26 @@ def run_id(out_dir: Path, state: dict | None) -> str:
     return new
 
 
-def load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, evaluate_only: bool):
+def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bool):
     """The checkpoint to start from (resume=, checkpoint=, or this run's newest), checked against cfg."""
     knob = "checkpoint" if evaluate_only else "resume"
     source = cfg[knob]
     if evaluate_only and source == "init":
         log.info("evaluating the untrained initialisation (seed=%d)", cfg.seed)
         return None, None
+    own = loaded = None if evaluate_only else checkpointer.latest()
     if source is not None:
         try:
             path = ckpt.resolve(source)
             loaded = (ckpt.load(path), path)
         except ckpt.CheckpointError as e:
             raise ckpt.CheckpointError(f"{knob}={source} is invalid: {e}") from None
-    else:
-        loaded = checkpointer.latest()
+        if own is not None and own[0]["iteration"] > loaded[0]["iteration"]:  # a requeue, or the same command again
+            log.info("%s is newer than resume=%s: continuing from it", own[1], source)
+            loaded = own
     if loaded is None:
         if evaluate_only:
-            raise ConfigError(
-                f"checkpoint=None is invalid: evaluate_only=true needs checkpoint=<file or run dir> "
-                f"(no checkpoint in {checkpointer.directory})"
-            )
+            raise ConfigError("checkpoint=None is invalid: evaluate_only=true needs checkpoint=<file or run dir>")
         return None, None
     state, path = loaded
     mine, theirs = fingerprint(cfg), state.get("fingerprint", {})
@@ -84,6 +83,17 @@ def load_for(cfg: DictConfig, out_dir: Path, checkpointer: ckpt.Checkpointer, ev
             "start a new run dir (hydra.run.dir=...)"
         )
     return state, path
+
+
+def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
+    """evaluate_only=true must not write into a training run's dir: its config.yaml, metrics and W&B run would be
+    the evaluation's."""
+    trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
+    if cfg.evaluate_only and trained:
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "
+            f"hydra.run.dir to a new folder (checkpoint={out_dir} evaluates this run)"
+        )
 
 
 def _skip_unrecorded(mine: dict, theirs: dict, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Writes <sweep dir>/sweep_summary.csv (every override, every metric), sweep_summary.md (the knobs
 that vary, the common overrides above the table) and, for a sweep over one or two knobs,
-sweep_summary.png (the objective against the first knob, one line per value of the second).
+sweep_summary.png (the objective, with its 95% interval, against the knob with more values (the first on a tie),
+one line per value of the other; a `seed` knob is always the lines).
 The Hydra callback SweepSummary does it at the end of every multirun (conf/hydra/default.yaml);
 `python scripts/summarize_sweep.py <sweep dir>` does it later, e.g. while SLURM jobs still run.
 """

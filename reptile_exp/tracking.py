@@ -126,12 +126,15 @@ class Tracker:
                 resume="allow",
                 settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
             )
-        except wandb.errors.Error as e:  # no API key, or no server that answers
+        except (wandb.errors.Error, ValueError) as e:  # no API key, no server that answers, a value W&B refuses
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"logger.mode={self.mode}: W&B did not start ({first}); log in (wandb login, or WANDB_API_KEY) and "
-                "check the network, or use logger.mode=offline and upload later with wandb sync"
-            ) from None
+            fix = "fix the logger.* value it names (project, entity, group, tags), or use logger.mode=disabled"
+            if self.mode != "offline" and isinstance(e, wandb.errors.Error):
+                fix = (
+                    "log in (wandb login, or WANDB_API_KEY) and check the network, or use logger.mode=offline and "
+                    f"upload later with wandb sync; or {fix}"
+                )
+            raise ConfigError(f"logger.mode={self.mode}: W&B did not start ({first}); {fix}") from None
         if self.mode == "offline":
             offline_run = Path(self.run.dir).parent  # run.dir is the run's files/ folder
             log.info("W&B offline run in %s; upload it later with: wandb sync %s", offline_run, offline_run)

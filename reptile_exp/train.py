@@ -146,10 +146,11 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     rank = distributed.setup(cfg.device.value, cfg.meta_batch)
     out_dir = Path(distributed.from_rank0(str(out_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
+    rundir.refuse_training_dir(cfg, out_dir)
     exp = build(cfg)
     protocols.parse(cfg, exp.dataset)  # eval_splits and protocols against the data: refused now, not after training
     checkpointer = ckpt.Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
-    state, path = rundir.load_for(cfg, out_dir, checkpointer, cfg.evaluate_only)
+    state, path = rundir.load_for(cfg, checkpointer, cfg.evaluate_only)
     if state is not None:
         exp.load_state_dict(state, training=not cfg.evaluate_only)
         log.info("loaded %s (iteration %d)", path, state["iteration"])

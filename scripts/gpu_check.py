@@ -247,7 +247,8 @@ def cuda_tests(check: Check, budget: float, selection: list[str]) -> tuple[bool,
 
 
 def train_run(check: Check, name: str, overrides: list[str], budget: float, launcher: list[str] | None = None):
-    """One training run of train.py with periodic evaluation and checkpoints off; its speed, memory and result."""
+    """One training run of train.py with periodic evaluation off and one checkpoint at the end; its speed, memory
+    and result."""
     sizes, run_dir = check.sizes, check.work / "runs" / name.replace(":", "-")
     cmd = [*(launcher or [sys.executable, "-m"]), "reptile_exp.train", *overrides]
     cmd += [f"device={check.device}", f"iterations={sizes.iterations}", f"log_every={sizes.window}", "eval_every=0"]

@@ -59,10 +59,30 @@ CASES = [
     ("sine_shots", ["dataset.k_shot=60"], "dataset.k_shot=60 is invalid: must be <= dataset.n_points=50"),
     ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of"),
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
+    ("list_as_int", ["model.hidden=64"], "model.hidden=64 is invalid: must be a list"),
+    ("threads", ["threads=100000"], "threads=100000 is invalid: must be <= the"),
+    ("memory_overflow", ["eval_memory_mb=1e308"], "eval_memory_mb=1e+308 is invalid: must be a finite number in"),
+    ("float64_bf16", ["dtype=float64", "precision=bf16"], "precision='bf16' is invalid: bf16 and tf32 apply to"),
+    ("transductive_sine", ["transductive=true"], "transductive=True is invalid: regression has no transductive"),
+    ("nesterov", ["+outer_optimizer.nesterov=true"], "outer_optimizer is invalid: Nesterov momentum requires"),
+    # the knob a mode reads: not silently ignored
+    ("checkpoint_training", ["checkpoint={ckpt}"], "is invalid: read with evaluate_only=true only; resume="),
+    ("resume_evaluating", ["evaluate_only=true", "checkpoint={ckpt}", "resume={ckpt}"], "resume= continues training"),
+    (
+        "evaluate_in_training_dir",
+        ["evaluate_only=true", "checkpoint={ckpt}", "hydra.run.dir={tmp}/ckpt_run"],
+        "holds a training run",
+    ),
     ("n_way", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.n_way=1"], "dataset.n_way=1 is invalid"),
     # a model no machine holds (4 TB of parameters), refused before any of it is allocated
     ("model_too_big", ["model.hidden=[1000000,1000000]"], "the model (MLP, 1,000,004,000,001 parameters) needs about"),
     ("task_too_big", ["dataset.n_points=1000000000000"], "one training task needs about"),  # not "about 0 fit"
+    (  # the periodic evaluation's eval_every_tasks, not eval_tasks, sets its chunk
+        "periodic_chunk",
+        ["eval_every=1", "eval_every_tasks=1000000000", "eval_chunk=1000000000"],
+        "eval_chunk=1000000000: one evaluation chunk of 1000000000 tasks needs about",
+    ),
+    ("results_too_many", ["eval_tasks=100000000000"], "100000000000 test tasks: their results, kept to the end"),
     (
         "test_task_too_big",  # its 10^9 x 10 minibatch indices (80 GB) were allocated before
         ["protocols=[{{name:long,k_eval:1000000000}}]"],
@@ -97,9 +117,12 @@ CASES = [
     ("pickle_size", [*MINI, "dataset.root={mini_size}"], "is not a uint8 array (N, 84, 84, 3)"),
     ("class_empty", [*MINI, "dataset.root={mini_empty}"], "classes have different numbers of images"),
     ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
+    ("csv_row_short", [*MINI, "dataset.root={mini_csv_short}"], "expected 'filename,label', got"),
+    ("val_too_few", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=1"], "a val task needs"),
     # where the run writes
     ("run_dir", ["hydra.run.dir=/proc/nowhere/run"], "cannot write /proc/nowhere (No such file or directory), where"),
     ("wandb_no_key", ["logger.mode=online"], "logger.mode=online: W&B did not start (No API key configured"),
+    ("wandb_tag", ["logger.mode=offline", "logger.tags=['']"], "logger.mode=offline: W&B did not start ("),
     # checkpoints
     ("ckpt_missing", ["resume={tmp}/nowhere.pt"], "nowhere.pt does not exist"),
     ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
@@ -139,6 +162,7 @@ def build_mini(base: Path) -> dict[str, Path]:
     """Mini-ImageNet roots with 4/2/3 classes of 6 images: intact pickles, and damaged pickles or jpgs."""
     images = mini_images()
     roots = {name: base / name for name in ("mini", "mini_hostile", "mini_size", "mini_empty", "mini_csv")}
+    roots["mini_csv_short"] = base / "mini_csv_short"
     for name in ("mini", "mini_hostile", "mini_size", "mini_empty"):
         write_mini_pickles(roots[name], images)
     train = "mini-imagenet-cache-train.pkl"
@@ -149,6 +173,9 @@ def build_mini(base: Path) -> dict[str, Path]:
     (roots["mini_empty"] / train).write_bytes(pickle.dumps(empty))
     rows = write_mini_csv(roots["mini_csv"], images)
     (roots["mini_csv"] / "images" / rows["train"][0]["filename"]).unlink()
+    write_mini_csv(roots["mini_csv_short"], images)
+    with (roots["mini_csv_short"] / "val.csv").open("a") as f:
+        f.write("n0000000000000001.jpg\n")  # a row without its label
     return roots
 
 

@@ -134,7 +134,7 @@ def test_checkpoint_of_another_config_is_refused_naming_the_difference(tmp_path,
     torch.save({"phi": {}, "iteration": 1, "fingerprint": fingerprint(_compose(*theirs))}, path)
     mine = _compose(f"resume={path}")
     with pytest.raises(ckpt.CheckpointError) as err:
-        _load_for(mine, tmp_path, ckpt.Checkpointer(tmp_path / "none"), evaluate_only=False)
+        _load_for(mine, ckpt.Checkpointer(tmp_path / "none"), evaluate_only=False)
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
@@ -144,8 +144,25 @@ def test_checkpoint_of_the_same_model_and_data_is_accepted(tmp_path):
     theirs = _compose("dataset=omniglot", "model=omniglot_conv", "dataset.root=/elsewhere", "dataset.cache=false")
     torch.save({"phi": {}, "iteration": 1, "fingerprint": fingerprint(theirs)}, path)
     mine = _compose("dataset=omniglot", "model=omniglot_conv", f"resume={path}", "eval_tasks=7", "k_eval=7")
-    state, found = _load_for(mine, tmp_path, ckpt.Checkpointer(tmp_path / "none"), evaluate_only=False)
+    state, found = _load_for(mine, ckpt.Checkpointer(tmp_path / "none"), evaluate_only=False)
     assert found == path and state["iteration"] == 1
+
+
+def test_a_run_dirs_own_newer_checkpoint_wins_over_resume(tmp_path):
+    """resume=<elsewhere> starts a run dir; the same command again (a requeue) continues from the run dir's own
+    newer checkpoint instead of going back to the resumed one."""
+    mine = _compose()
+    source, own = tmp_path / "source" / "ckpt-00000002.pt", ckpt.Checkpointer(tmp_path / "run" / "checkpoints")
+    source.parent.mkdir()
+    torch.save({"phi": {}, "iteration": 2, "fingerprint": fingerprint(mine)}, source)
+    state = {"phi": {}, "fingerprint": fingerprint(mine)}
+    assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[1] == source  # nothing of its own yet
+    own.save({**state, "iteration": 5}, 5)
+    assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[0]["iteration"] == 5
+    own.save({**state, "iteration": 1}, 1)  # older than the source: the source, as asked
+    for stale in own.paths()[:-1]:
+        stale.unlink()
+    assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[1] == source
 
 
 def _user_namespace_tmpfs_works(tmp_path: Path) -> bool:

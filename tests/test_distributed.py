@@ -140,6 +140,16 @@ def test_a_rank_that_sees_no_gpu_is_told_in_one_line():
         distributed.cuda_device(1, 0)
 
 
+def test_a_stray_world_size_without_the_other_variables_is_one_line(monkeypatch):
+    """WORLD_SIZE left in the environment (torch's env:// then raises a ValueError naming RANK)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT not: launch"):
+        distributed.setup("cpu", 4)
+    assert not dist.is_initialized()
+
+
 def test_the_other_ranks_leave_only_after_rank_0s_summary(tmp_path):
     """Two real gloo ranks with torchrun's env:// variables, started here so that each one's exit is seen: rank 1
     may not shut its process group down (NCCL: a hang or an abort) while rank 0 still evaluates."""

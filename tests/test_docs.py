@@ -353,44 +353,65 @@ def test_the_ranges_troubleshooting_lists_are_the_checks():
     row = next(
         line for line in (ROOT / "docs" / "troubleshooting.md").read_text().splitlines() if "`k=0 is invalid" in line
     )
-    listed = {"seed", "epsilon_final"}  # the row's own wording for these two (`0 <= seed < 2^63`; the next row)
+    listed = {"epsilon_final"}  # the next row's
     for part in row.split(" | ")[2].split(";"):
         found = re.fullmatch(r"\s*(?:the ranges: )?((?:`\w+`(?:, )?)+) (>=|>) (\d+)\s*", part)
         for key in re.findall(r"`(\w+)`", found[1]) if found else []:
             allowed = RANGES[key]
-            assert (allowed.low, allowed.low_open) == (int(found[3]), found[2] == ">"), f"{key}: the code has {allowed}"
+            assert (allowed.low, allowed.low_open, allowed.high) == (int(found[3]), found[2] == ">", None), key
+            listed.add(key)
+        both = re.fullmatch(r"\s*`(\d+) (<=?) (\w+) (<=?) 2\^(\d+)`.*", part)  # `0 <= seed < 2^63`
+        if both:
+            low, low_op, key, high_op, exponent = both.groups()
+            allowed, high, high_open = RANGES[key], 2 ** int(exponent), high_op == "<"
+            if allowed.integer and high_open:  # an integer < 2^63 is one <= 2^63 - 1
+                high, high_open = high - 1, False
+            assert (allowed.low, allowed.low_open, allowed.high, allowed.high_open) == (
+                int(low),
+                low_op == "<",
+                high,
+                high_open,
+            ), key
             listed.add(key)
     assert listed == set(RANGES), f"docs/troubleshooting.md's ranges lack {sorted(set(RANGES) - listed)}"
 
 
-# ------------------------------------------------------------------------------------------- REFERENCE.md citations
+# ------------------------------------------------------------------------------ REFERENCE.md and GUIDE.md citations
 
-REFERENCE = ROOT / "docs" / "REFERENCE.md"
-CITING = [p for p in (ROOT / "README.md", ROOT / "CHANGELOG.md") if p.exists()] + [
+# The team's shared pages, copied into docs/ so that a clone can open what the code and docs cite: the paper's
+# protocol in facts (REFERENCE) and the design guide (GUIDE), each with the fewest citations the project has of it.
+SHARED_PAGES = {"REFERENCE": 50, "GUIDE": 6}
+CITING = [p for p in (ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "pyproject.toml") if p.exists()] + [
     p for folder in ("docs", "reptile_exp", "scripts", "conf", "tests") for p in sorted((ROOT / folder).rglob("*.*"))
 ]
 
 
-def test_every_reference_citation_names_a_section_it_has():
-    """`REFERENCE.md section 6` (or `sections 4 and 5`) anywhere in the project: docs/REFERENCE.md has that section."""
-    sections = set(re.findall(r"^## (\d+)\. ", REFERENCE.read_text(), flags=re.M))
+@pytest.mark.parametrize("page", SHARED_PAGES)
+def test_every_citation_names_a_section_it_has(page):
+    """`REFERENCE.md section 6` (or `sections 4 and 5`), `GUIDE.md section 2` anywhere in the project: docs/ has
+    that page and section."""
+    doc = ROOT / "docs" / f"{page}.md"
+    sections = set(re.findall(r"^## (\d+)\. ", doc.read_text(), flags=re.M))
     cited = 0
     for path in CITING:
-        if path.suffix not in (".md", ".py", ".yaml") or path == REFERENCE:
+        if path.suffix not in (".md", ".py", ".yaml", ".toml") or path == doc:
             continue
-        for match in re.finditer(r"REFERENCE(?:\.md)? sections? ((?:\d+(?:, | and |-))*\d+)", path.read_text()):
+        for match in re.finditer(rf"{page}(?:\.md)? sections? ((?:\d+(?:, | and |-))*\d+)", path.read_text()):
             cited += 1
             missing = set(re.findall(r"\d+", match[1])) - sections
-            assert not missing, f"{path.relative_to(ROOT)}: {match[0]!r} cites no section of docs/REFERENCE.md"
-    assert cited >= 50
+            assert not missing, f"{path.relative_to(ROOT)}: {match[0]!r} cites no section of docs/{page}.md"
+    assert cited >= SHARED_PAGES[page]
 
 
-def test_the_reference_is_the_shared_one():
-    """docs/REFERENCE.md is the team's ../shared/REFERENCE.md, where a checkout has it (CI's clean clone does not)."""
-    shared = ROOT.parent / "shared" / "REFERENCE.md"
+@pytest.mark.parametrize("page", SHARED_PAGES)
+def test_the_page_is_the_shared_one(page):
+    """docs/<page>.md is the team's ../shared/<page>.md byte for byte, where a checkout has it (CI's clean clone
+    does not)."""
+    shared = ROOT.parent / "shared" / f"{page}.md"
     if not shared.exists():
         pytest.skip(f"no {shared} beside this checkout")
-    assert REFERENCE.read_text() == shared.read_text(), f"docs/REFERENCE.md differs from {shared}: copy it again"
+    doc = ROOT / "docs" / f"{page}.md"
+    assert doc.read_bytes() == shared.read_bytes(), f"docs/{page}.md differs from {shared}: copy it again"
 
 
 # ------------------------------------------------------------------------------------------------- their length

@@ -302,6 +302,21 @@ def test_unreachable_server_says_where_to_put_the_files(tmp_path, monkeypatch):
     assert "images_background.zip" in message and str(tmp_path) in message
 
 
+@pytest.mark.parametrize(
+    ("url", "where", "phrase"),
+    [
+        ("mirror.example/omniglot/", "root", "is not a URL (unknown url type"),  # no scheme
+        ("http://127.0.0.1:9/", "a_file/root", "cannot create"),  # a root under a file
+    ],
+)
+def test_a_download_that_cannot_start_is_one_line(tmp_path, monkeypatch, url, where, phrase):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv(omniglot.URL_VARIABLE, url)
+    with pytest.raises(DatasetNotFoundError, match="download failed") as err:
+        SmallOmniglot(str(tmp_path / where), download=True)
+    assert phrase in one_line(err)
+
+
 def test_truncated_zip_names_the_file(root):
     path = root / "images_background.zip"
     path.write_bytes(path.read_bytes()[:5000])

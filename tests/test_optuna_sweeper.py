@@ -211,6 +211,34 @@ def test_several_objectives_return_a_pareto_front(tmp_path):
     assert all(abs(t.values[1] - seconds[str(t.number)]) < 0.1 for t in done)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "phrase"),
+    [
+        (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 is invalid: must be an integer >= 1"),
+        (
+            ["hydra.sweeper.direction=[minimize,minimize]", "hydra.sweeper.objectives=[objective,seconds]"],
+            "is invalid with a pruner: Optuna prunes single-objective studies only; add hydra/sweeper/pruner=none",
+        ),  # hparams_search=sine chooses the median pruner
+        (  # a typo: found once the first job has written its summary.json, not after every trial ran
+            [
+                "hydra/sweeper/pruner=none",
+                "hydra.sweeper.objectives=[results.val.accuracy]",
+                "hydra.sweeper.n_trials=3",
+            ],
+            "hydra.sweeper.objectives: results.val.accuracy is not a field of",
+        ),
+    ],
+    ids=["n_jobs", "pruner_with_two_objectives", "objective_typo"],
+)
+def test_a_bad_sweeper_setting_is_one_line(tmp_path, overrides, phrase):
+    proc = sweep(tmp_path, *TINY, "k=choice(1,3)", "logger.mode=disabled", *overrides, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and phrase in last, proc.stderr
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) <= 1  # one job at most ran
+    if "pruner" in phrase:  # refused before the study was created
+        assert not (tmp_path / "sweep" / "optuna_journal.log").exists()
+
+
 def space(override: str):
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
     (parsed,) = OverridesParser.create(config_loader=loader).parse_overrides([override])

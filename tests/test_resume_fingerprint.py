@@ -102,7 +102,7 @@ def changed(cfg, key: str, value):
 def resume(cfg, path: Path):
     """rundir.load_for as train.run calls it, resuming `path`: (state, path), or CheckpointError."""
     cfg = changed(cfg, "resume", str(path))
-    return rundir.load_for(cfg, path.parent, ckpt.Checkpointer(path.parent / "none"), evaluate_only=False)
+    return rundir.load_for(cfg, ckpt.Checkpointer(path.parent / "none"), evaluate_only=False)
 
 
 def refusal(cfg, path: Path) -> str:

@@ -122,3 +122,12 @@ def test_evaluate_only_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     with pytest.raises(CheckpointError, match=r"model\.hidden: this run has \[32, 32\], the checkpoint has \[64, 64\]"):
         run(cfg, tmp_path / "eval")
     assert not (tmp_path / "eval" / "evaluation.json").exists()
+
+
+def test_evaluate_only_with_another_inner_optimizer_starts_its_state_fresh(trained, tmp_path):
+    """The checkpoint trained with inner SGD (no state), evaluated with inner Adam: Adam's own fresh state, the same
+    result as a fresh build with the checkpoint's phi (it raised KeyError: 'step')."""
+    cfg = compose_cfg(*EVAL, f"checkpoint={trained}", "inner_optimizer=adam")
+    run(cfg, tmp_path / "eval")
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["results"]["test"] == evaluated(cfg, torch.load(trained, weights_only=True)["phi"])

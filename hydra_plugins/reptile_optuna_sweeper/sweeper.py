@@ -39,6 +39,8 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reptile_exp.errors import ConfigError
+
 log = logging.getLogger(__name__)
 OWNER = "sweeper"  # trial user attribute: host:pid of the sweeper process that launched it
 
@@ -103,6 +105,17 @@ def launched_by(trial: Any) -> str:
     return "alive"
 
 
+def numeric_fields(summary: dict, prefix: str = "") -> list[str]:
+    """The dotted names of a summary.json's numbers (what hydra.sweeper.objectives may name)."""
+    names = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            names += numeric_fields(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            names.append(f"{prefix}{key}")
+    return names
+
+
 class ReptileOptunaSweeper(Sweeper):
     """Hydra sweeper on Optuna's ask/tell API (config.py: ReptileOptunaSweeperConf)."""
 
@@ -128,14 +141,22 @@ class ReptileOptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params = dict(params or {})
         if trial is not None:
-            raise ValueError(f"hydra.sweeper.trial={trial} is set by the sweeper for each job; leave it out")
+            raise ConfigError(f"hydra.sweeper.trial={trial} is set by the sweeper for each job; leave it out")
         if len(self.directions) != len(self.objectives):
-            raise ValueError(
+            raise ConfigError(
                 f"hydra.sweeper.direction={self.directions} needs one entry per objective: "
                 f"hydra.sweeper.objectives={self.objectives}"
             )
         if not 0.0 <= max_failure_rate <= 1.0:
-            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} is invalid: a share in [0, 1]")
+            raise ConfigError(f"hydra.sweeper.max_failure_rate={max_failure_rate} is invalid: a share in [0, 1]")
+        for key, value in (("n_trials", n_trials), ("n_jobs", n_jobs)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be an integer >= 1")
+        if len(self.directions) > 1 and OmegaConf.select(pruner, "_target_") != "optuna.pruners.NopPruner":
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.directions} is invalid with a pruner: Optuna prunes single-objective "
+                "studies only; add hydra/sweeper/pruner=none"
+            )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -162,7 +183,7 @@ class ReptileOptunaSweeper(Sweeper):
         )
         held = [d.name.lower() for d in study.directions]
         if held != self.directions:
-            raise ValueError(
+            raise ConfigError(
                 f"hydra.sweeper.direction={self.directions} is invalid here: study {study.study_name} in its storage "
                 f"has direction {held}; use another study_name or storage"
             )
@@ -178,9 +199,7 @@ class ReptileOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments], self.parser)
         study = self.study(sweep_dir)
-        report = len(self.directions) == 1  # Optuna prunes single-objective studies only
-        if not report and not isinstance(study.pruner, optuna.pruners.NopPruner):
-            raise ValueError("a pruner needs one objective: use hydra/sweeper/pruner=none with several directions")
+        report = len(self.directions) == 1  # Optuna prunes single-objective studies only (checked in __init__)
         log.info(
             "Optuna study %s (%d trials so far) in %s: %s, %s from iteration %s, %s",
             study.study_name,
@@ -262,6 +281,12 @@ class ReptileOptunaSweeper(Sweeper):
             returned if name == "objective" else OmegaConf.select(OmegaConf.create(summary), name)
             for name in self.objectives
         ]
+        missing = [n for n, v in zip(self.objectives, values) if v is None]
+        if summary and not (out / "error.txt").exists() and missing:  # a finished job without it: a typo
+            raise ConfigError(
+                f"hydra.sweeper.objectives: {missing[0]} is not a field of {out}/summary.json; use objective or "
+                f"one of its numeric fields: {', '.join(numeric_fields(summary))}"
+            )
         if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
             study.tell(number, [float(v) for v in values])
         else:  # a failed job has no summary.json: nothing to tell for its other objectives

@@ -1,4 +1,4 @@
-"""N-way K-shot image classification tasks sampled on the device (GUIDE section 2, REFERENCE.md sections 4-5).
+"""N-way K-shot image classification tasks sampled on the device (GUIDE.md section 2, REFERENCE.md sections 4-5).
 
 A split is one uint8 tensor (num_classes, examples_per_class, C, H, W), resident on the device; a task is a
 pair of index tensors drawn from a seeded `torch.Generator`, gathered and converted to float in one go.

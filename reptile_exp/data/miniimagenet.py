@@ -164,7 +164,9 @@ def decode_split(root: Path, table: Path) -> tuple[torch.Tensor, list[str]]:
     if not rows or not {"filename", "label"} <= set(rows[0]):
         raise DatasetError(f"{table}: expected a header 'filename,label' and at least one row; download it again")
     classes: dict[str, list[str]] = {}
-    for row in rows:
+    for line, row in enumerate(rows, start=2):
+        if not row["filename"] or not row["label"]:  # DictReader fills a short row's missing fields with None
+            raise DatasetError(f"{table}, line {line}: expected 'filename,label', got {row}; download it again")
         classes.setdefault(row["label"], []).append(row["filename"])
     names = sorted(classes)
     files = equal_sized(table, {c: classes[c] for c in names})

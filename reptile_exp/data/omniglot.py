@@ -4,7 +4,7 @@ Both sets merged, alphabets and characters in sorted order, shuffled with `rando
 characters train (each rotated by 0/90/180/270 degrees into 4 classes), the other 423 test. Images are the
 1-bit PNGs resized to 28x28 (nearest neighbour), values 0/1 with background 1. The files are read from the
 official zips, their extracted folders or torchvision's `omniglot-py/` layout, and checked by content, not by
-md5 (GUIDE section 4: re-packed zips are fine). Decoded characters are cached next to the data.
+md5 (GUIDE.md section 4: re-packed zips are fine). Decoded characters are cached next to the data.
 
 dataset.download=true fetches the missing zips from URL, or from the base URL in the environment variable
 REPTILE_EXP_OMNIGLOT_URL (a mirror; <base>/images_background.zip must exist); a download is kept only when it
@@ -78,6 +78,11 @@ class Omniglot(FewShotClassification):
     ):
         if not 0 <= val_characters < self.num_train:
             raise ConfigError(f"dataset.val_characters={val_characters} must be in [0, {self.num_train})")
+        if 0 < val_characters < n_way:  # the val split's classes are these characters, unrotated
+            raise ConfigError(
+                f"dataset.val_characters={val_characters} is invalid: a val task needs dataset.n_way={n_way} of them; "
+                f"set it >= {n_way} (or 0: no val split)"
+            )
         root = Path(root).expanduser()
         sources = find_sources(root, download)
         path = cache_file(root, cache, cache_dir, "omniglot-v1.pt")
@@ -132,9 +137,15 @@ class DownloadError(Exception):
 
 def fetch(url: str, path: Path) -> None:
     """Download url to path through path.part, renamed only once the whole file arrived and is a zip."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create {path.parent} ({e.strerror}); set dataset.root to a writable one") from None
     part = path.with_name(path.name + ".part")
-    request = urllib.request.Request(url, headers={"User-Agent": "reptile_exp"})
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "reptile_exp"})
+    except ValueError as e:  # no scheme (mirror.example/x): urllib's "unknown url type"
+        raise DownloadError(f"{url} is not a URL ({e}); give it with its scheme, https://.. ({URL_VARIABLE})") from None
     try:
         with urllib.request.urlopen(request, timeout=60) as response, open(part, "wb") as f:
             kind, size = response.headers.get_content_type(), response.headers.get("Content-Length")

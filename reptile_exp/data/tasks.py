@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 @dataclass
 class TaskBatch:
-    """T tasks stacked on dim 0 (GUIDE section 2).
+    """T tasks stacked on dim 0 (GUIDE.md section 2).
 
     x, y: the examples the inner loop trains on, (T, n, *input_shape) and (T, n) or (T, n, 1).
     batches: (T, steps, batch) indices into dim 1 of x: the inner minibatches, in order.

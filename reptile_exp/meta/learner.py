@@ -1,7 +1,9 @@
 """The task-batched inner loop: k steps of an inner optimizer from phi on T tasks at once.
 
-The model is used as a pure function of its parameters (`torch.func.functional_call`); per-task
-losses and gradients come from `vmap(grad(...))` over the task dimension (GUIDE section 2).
+The model is used as a pure function of its parameters (task-stacked, GUIDE.md section 2); every task's loss
+and gradient come from one gradient of the summed task losses through models.forward_tasks (`grouped`, below),
+or from `vmap(grad(...))` over the task dimension for second-order MAML, with grouped_tasks=false, or for a
+model forward_tasks cannot batch.
 Fast paths (issue 6, measured in docs/benchmarks.md); they change results only by rounding: `fused`
 (on by default: an inner loop that nobody differentiates updates its weights and optimizer state in
 place, optim.*.step_), `grouped` (on by default: where nothing differentiates twice, all tasks run as

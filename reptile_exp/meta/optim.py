@@ -1,4 +1,4 @@
-"""Functional inner optimizers acting on task-stacked parameters (GUIDE section 2).
+"""Functional inner optimizers acting on task-stacked parameters (GUIDE.md section 2).
 
 Parameters are dicts of tensors whose dim 0 is the task; every update is elementwise, so one call
 steps all tasks at once. The formulas are torch.optim's, so the serial reference (which uses
