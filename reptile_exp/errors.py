@@ -14,6 +14,10 @@ class ReptileExpError(Exception):
     """An error the user can fix; the entry point prints it as one line, without a traceback."""
 
 
+class Diverged(ReptileExpError):
+    """A loss, phi or an evaluation's metric that is not finite."""
+
+
 class ConfigError(ReptileExpError, ValueError):
     """A config value out of range or inconsistent with another."""
 

@@ -9,6 +9,7 @@ draws the figures; `summary` is what a finished run reports: summary.json and th
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import plots, protocols
+from .errors import Diverged
 from .evaluate import chunk_size, evaluate_modes, task_bytes
 from .experiment import Experiment
 from .measure import run_peak_memory_mb
@@ -190,6 +192,12 @@ def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: Sto
             for i, split in enumerate(cfg.eval_splits):
                 scored = evaluate_protocols(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, group, curve=True, stop=stop)
                 for protocol, result, by_split in zip(group, scored, splits):
+                    if not math.isfinite(result[metric]):
+                        raise Diverged(
+                            f"the evaluation diverged: {split} {metric} is {result[metric]} after k_eval="
+                            f"{protocol.k_eval} steps (protocol {protocol.name}); the checkpoints are kept: lower "
+                            "k_eval and re-run, or evaluate_only=true checkpoint=<run dir> with a lower inner_lr"
+                        )
                     by_split[split] = result
                     named = bool(cfg.protocols)
                     line = describe(split, result, metric, cfg.eval_tasks, protocol, named, synthetic(cfg))

@@ -26,16 +26,12 @@ from . import checkpoint as ckpt
 from . import cli, distributed, fits, protocols, pruning, report, rundir
 from .atomic import atomic_write_text
 from .config_checks import validate
-from .errors import ReptileExpError
+from .errors import Diverged
 from .experiment import Experiment, build
 from .signals import Interrupted, StopSignals
 from .tracking import MetricsFile, Tracker
 
 log = logging.getLogger("reptile_exp")
-
-
-class Diverged(ReptileExpError):
-    pass
 
 
 def outer_step(exp: Experiment) -> torch.Tensor:

@@ -119,6 +119,12 @@ CASES = [
     ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
     ("csv_row_short", [*MINI, "dataset.root={mini_csv_short}"], "expected 'filename,label', got"),
     ("val_too_few", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=1"], "a val task needs"),
+    # an evaluation that diverges: one line, no summary that reads as a result
+    (
+        "eval_diverges",
+        ["evaluate_only=true", "checkpoint=init", "inner_lr=1000", "k_eval=20"],
+        "the evaluation diverged: test mse is",
+    ),
     # where the run writes
     ("run_dir", ["hydra.run.dir=/proc/nowhere/run"], "cannot write /proc/nowhere (No such file or directory), where"),
     ("wandb_no_key", ["logger.mode=online"], "logger.mode=online: W&B did not start (No API key configured"),
