@@ -246,6 +246,6 @@ def check_outer_optimizer(node: DictConfig) -> None:
     """The outer optimizer's own checks (nesterov without momentum, fused with foreach, ...) on one parameter,
     before any data is read."""
     try:
-        instantiate(node)([torch.zeros(1, requires_grad=True)])
+        instantiate(node)([torch.zeros(1, device="cpu", requires_grad=True)])
     except (ValueError, RuntimeError) as e:
         raise ConfigError(f"outer_optimizer is invalid: {first_line(e)}; change the outer_optimizer.* values") from None

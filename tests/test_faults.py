@@ -182,24 +182,20 @@ def test_divergence_costs_one_job_of_a_sweep_and_returns_a_finite_penalty(tmp_pa
     assert (sweep / "sweep_summary.md").exists()
 
 
-def test_a_non_finite_objective_reaches_the_sweeper_as_the_penalty_and_the_sweep_summary_shows_it(tmp_path):
-    """Training stays finite (k=1) but the evaluation's 60 steps at inner_lr=1 diverge: the job finishes with a NaN
-    test MSE, the sweeper gets the finite penalty instead (a NaN would stop an Optuna search), and the sweep's summary
-    is still written, the job's objective shown as nan and the other job best."""
+def test_an_evaluation_that_diverges_costs_one_job_and_the_sweep_summary_shows_it(tmp_path):
+    """Training stays finite (k=1) but the evaluation's 60 steps at inner_lr=1 diverge: the job ends in one line
+    (error.txt, no summary.json that would read as a result), the sweeper gets the finite penalty (a NaN would stop
+    an Optuna search), and the sweep's summary is still written, the other job best."""
     proc, values, sweep = _sweep(tmp_path, "inner_lr=1.0,0.02", "debug=smoke", "k=1", "k_eval=60")
     assert values["inner_lr=1.0"] == 1e6 and 0 < values["inner_lr=0.02"] < 1e6
-    assert "objective nan is not finite; the sweeper gets 1000000.0" in proc.stderr + proc.stdout
-    assert json.loads((sweep / "0" / "summary.json").read_text())["objective"] == "nan"
+    assert "the evaluation diverged: " in (sweep / "0" / "error.txt").read_text()
+    assert not (sweep / "0" / "summary.json").exists() and (sweep / "0" / "checkpoints").is_dir()
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
-    assert [(r["inner_lr"], r["status"], r["objective"] == "nan") for r in rows] == [
-        ("1.0", "finished", True),
-        ("0.02", "finished", False),
-    ]
-    assert (
-        "Best test/mse: " in (sweep / "sweep_summary.md").read_text()
-        and "(job 1 `inner_lr=0.02`)" in (sweep / "sweep_summary.md").read_text()
-    )
+    assert [(r["inner_lr"], r["status"]) for r in rows] == [("1.0", "failed"), ("0.02", "finished")]
+    assert "(job 1 `inner_lr=0.02`)" in (sweep / "sweep_summary.md").read_text()
     assert "Callback SweepSummary.on_multirun_end raised" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "job 0 (inner_lr=1.0 " in last
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGUSR1], ids=["SIGINT", "SIGUSR1"])
