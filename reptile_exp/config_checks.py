@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig
-from .errors import ConfigError, fail
+from .errors import ConfigError, fail, first_line
 from .instantiate import instantiate, parameter_count
 from .memory import available_bytes
 from .protocols import parse
@@ -60,7 +60,8 @@ def check_known_keys(cfg: DictConfig) -> None:
         for name in node:
             annotation = params[name].annotation if name in params else ""
             annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-            annotation = "sequence" if annotation.startswith(("tuple[", "list[")) else annotation
+            if annotation.startswith(("tuple[", "list[")):
+                annotation = "sequence" + (" | None" if annotation.endswith(" | None") else "")
             test, kind = TYPES.get(annotation.removesuffix(" | None"), (None, ""))
             value = node[name]
             if test is not None and not test(value) and not (value is None and annotation.endswith(" | None")):
@@ -138,10 +139,6 @@ def _dataset_model(dataset: str) -> str | None:
     return str(OmegaConf.load(path).defaults[0]).rpartition("/")[2].partition("@")[0]
 
 
-def first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
 def composition_error(e: Exception) -> str | None:
     """One line for an error Hydra/OmegaConf raise while composing the config (k=abc, kk=3, dataset=nope):
     the override, what is wrong and what is allowed. None when `e` is not a composition error."""
@@ -211,9 +208,9 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg[group].get("betas")
         if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
             fail(f"{group}.betas", betas, "must be a pair")
-    cores = os.cpu_count() or 1
-    if cfg.threads > cores:
-        fail("threads", cfg.threads, f"must be <= the {cores} CPU cores of this machine (0: torch's default)")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if cfg.threads > cpus:
+        fail("threads", cfg.threads, f"must be <= the {cpus} CPUs this process may use (0: torch's default)")
     if cfg.dtype.value == "float64" and cfg.precision.value in ("bf16", "tf32"):
         fail("precision", cfg.precision.value, "bf16 and tf32 apply to float32 only: leave dtype=float32 or precision")
     if cfg.evaluate_only and cfg.resume is not None:
@@ -247,5 +244,5 @@ def check_outer_optimizer(node: DictConfig) -> None:
     before any data is read."""
     try:
         instantiate(node)([torch.zeros(1, device="cpu", requires_grad=True)])
-    except (ValueError, RuntimeError) as e:
+    except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(f"outer_optimizer is invalid: {first_line(e)}; change the outer_optimizer.* values") from None

@@ -26,3 +26,8 @@ def fail(key: str, value: Any, allowed: str) -> None:
     """Raise ConfigError naming the key, its value and what is allowed."""
     value = OmegaConf.to_object(value) if isinstance(value, ListConfig) else value
     raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first line (its type's name when it has no message): what a one-line error quotes."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -244,7 +244,7 @@ def build(cfg: DictConfig) -> Experiment:
     model = build_model(cfg.model, device, dtype)
     inner = instantiate(cfg.inner_optimizer)
     loss = "mse" if dataset.kind == "regression" else "cross_entropy"
-    compile, precision, chosen = resolve(device, cfg.compile.value, cfg.precision.value)
+    compile, precision, chosen = resolve(device, cfg.compile.value, cfg.precision.value, dtype)
     if chosen:
         log.info("%s", chosen)
     fast = {"compile": compile, "precision": precision}

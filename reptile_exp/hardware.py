@@ -56,14 +56,19 @@ def native_bf16(device: torch.device, cpuinfo: Path = CPUINFO) -> tuple[bool, st
     return False, f"{torch.backends.cpu.get_cpu_capability()} without AVX512-BF16 or AMX-BF16"
 
 
-def resolve(device: torch.device, compile: str, precision: str) -> tuple[str, str, str | None]:
+def resolve(
+    device: torch.device, compile: str, precision: str, dtype: torch.dtype = torch.float32
+) -> tuple[str, str, str | None]:
     """compile and precision with `auto` made concrete, and a line saying what auto chose (None without auto).
 
-    precision=auto: bf16 where native, else highest (float32). compile=auto: cudagraphs on CUDA (the paper's
-    models launch many tiny kernels per step); none on a CPU, where inductor's gain is machine- and model-dependent
-    (Omniglot: training 1.06x to 1.32x or slower, evaluation slower on every machine measured; sine: both faster;
-    docs/benchmarks.md)."""
+    precision=auto: bf16 where native for a float32 run, else highest (autocast leaves float64 as it is).
+    compile=auto: cudagraphs on CUDA (the paper's models launch many tiny kernels per step); none on a CPU, where
+    inductor's gain is machine- and model-dependent (Omniglot: training 1.06x to 1.32x or slower, evaluation slower
+    on every machine measured; sine: both faster; docs/benchmarks.md)."""
     chosen = []
+    if precision == "auto" and dtype != torch.float32:
+        precision = "highest"
+        chosen.append(f"precision=auto -> highest (dtype {dtype}: bfloat16 applies to float32 runs only)")
     if precision == "auto":
         native, why = native_bf16(device)
         precision = "bf16" if native else "highest"

@@ -176,6 +176,12 @@ def shared_adaptation(listed: list[Protocol]) -> list[list[Protocol]]:
     return list(groups.values())
 
 
+DIVERGED_FIX = (
+    "the checkpoints are kept: lower k_eval and re-run with hydra.run.dir=<this run dir>, or evaluate_only=true "
+    "checkpoint=<this run dir> with a lower inner_lr"
+)
+
+
 def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: StopSignals) -> dict:
     """Evaluate every protocol on every split of eval_splits (REFERENCE.md section 5; the paper's Tables 1 and 2
     score one training under several) and draw the figures.
@@ -192,11 +198,11 @@ def final_evaluation(exp: Experiment, tracker: Tracker, out_dir: Path, stop: Sto
             for i, split in enumerate(cfg.eval_splits):
                 scored = evaluate_protocols(exp, split, cfg.eval_tasks, cfg.seed + 2 + i, group, curve=True, stop=stop)
                 for protocol, result, by_split in zip(group, scored, splits):
-                    if not math.isfinite(result[metric]):
+                    if not math.isfinite(result[metric]):  # regression only: accuracies are always finite
+                        fix = "lower k_eval or inner_lr" if cfg.evaluate_only else DIVERGED_FIX
                         raise Diverged(
                             f"the evaluation diverged: {split} {metric} is {result[metric]} after k_eval="
-                            f"{protocol.k_eval} steps (protocol {protocol.name}); the checkpoints are kept: lower "
-                            "k_eval and re-run, or evaluate_only=true checkpoint=<run dir> with a lower inner_lr"
+                            f"{protocol.k_eval} steps (protocol {protocol.name}); {fix}"
                         )
                     by_split[split] = result
                     named = bool(cfg.protocols)

@@ -53,7 +53,15 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
     if evaluate_only and source == "init":
         log.info("evaluating the untrained initialisation (seed=%d)", cfg.seed)
         return None, None
-    own = loaded = None if evaluate_only else checkpointer.latest()
+    own = None
+    if not evaluate_only:
+        try:
+            own = checkpointer.latest()
+        except ckpt.CheckpointError as e:  # every checkpoint of the run dir is damaged: resume= is the way out
+            if source is None:
+                raise
+            log.warning("%s; starting from resume=%s", e, source)
+    loaded = own
     if source is not None:
         try:
             path = ckpt.resolve(source)
@@ -61,7 +69,7 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
         except ckpt.CheckpointError as e:
             raise ckpt.CheckpointError(f"{knob}={source} is invalid: {e}") from None
         if own is not None and own[0]["iteration"] > loaded[0]["iteration"]:  # a requeue, or the same command again
-            log.info("%s is newer than resume=%s: continuing from it", own[1], source)
+            log.warning("%s is newer than resume=%s: continuing from it", own[1], source)
             loaded = own
     if loaded is None:
         if evaluate_only:
@@ -88,7 +96,7 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
 def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
     """evaluate_only=true must not write into a training run's dir: its config.yaml, metrics and W&B run would be
     the evaluation's."""
-    trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
+    trained = [*out_dir.glob("summary.json"), *out_dir.glob("metrics.jsonl"), *out_dir.glob("checkpoints/ckpt-*.pt")]
     if cfg.evaluate_only and trained:
         raise ConfigError(
             f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_text
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Tracker:
                 settings=wandb.Settings(quiet=True, console="off", init_timeout=120),
             )
         except (wandb.errors.Error, ValueError) as e:  # no API key, no server that answers, a value W&B refuses
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             fix = "fix the logger.* value it names (project, entity, group, tags), or use logger.mode=disabled"
             if self.mode != "offline" and isinstance(e, wandb.errors.Error):
                 fix = (

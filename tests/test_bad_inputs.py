@@ -67,7 +67,11 @@ CASES = [
     ("nesterov", ["+outer_optimizer.nesterov=true"], "outer_optimizer is invalid: Nesterov momentum requires"),
     # the knob a mode reads: not silently ignored
     ("checkpoint_training", ["checkpoint={ckpt}"], "is invalid: read with evaluate_only=true only; resume="),
-    ("resume_evaluating", ["evaluate_only=true", "checkpoint={ckpt}", "resume={ckpt}"], "resume= continues training"),
+    (
+        "resume_evaluating",
+        ["evaluate_only=true", "checkpoint={ckpt}", "resume={ckpt}"],
+        "evaluate_only=true reads checkpoint=",
+    ),
     (
         "evaluate_in_training_dir",
         ["evaluate_only=true", "checkpoint={ckpt}", "hydra.run.dir={tmp}/ckpt_run"],
@@ -128,7 +132,11 @@ CASES = [
     # where the run writes
     ("run_dir", ["hydra.run.dir=/proc/nowhere/run"], "cannot write /proc/nowhere (No such file or directory), where"),
     ("wandb_no_key", ["logger.mode=online"], "logger.mode=online: W&B did not start (No API key configured"),
-    ("wandb_tag", ["logger.mode=offline", "logger.tags=['']"], "logger.mode=offline: W&B did not start ("),
+    (
+        "wandb_tag",
+        ["logger.mode=offline", "logger.tags=['']"],
+        "logger.mode=offline: W&B did not start (",  # and the fix: below
+    ),
     # checkpoints
     ("ckpt_missing", ["resume={tmp}/nowhere.pt"], "nowhere.pt does not exist"),
     ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
@@ -242,6 +250,13 @@ def test_bad_input_fails_with_one_line(outcomes, name, phrase):
     run_dir = outcomes["_runs"] / name
     trained = [*run_dir.glob("checkpoints/ckpt-*.pt"), *run_dir.glob("metrics.jsonl")]
     assert not trained, f"refused only after training: {trained}\n{output}"
+
+
+def test_the_refusals_name_their_fix_and_leave_the_training_dir_as_it_was(outcomes):
+    assert "fix the logger.* value it names" in outcomes["wandb_tag"].stderr
+    training = outcomes["_runs"].parent / "ckpt_run"  # evaluate_in_training_dir pointed its run dir here
+    assert "evaluate_only: false" in (training / "config.yaml").read_text()
+    assert not (training / "evaluation.json").exists()
 
 
 def test_hostile_files_ran_no_code(outcomes):

@@ -163,6 +163,11 @@ def test_a_run_dirs_own_newer_checkpoint_wins_over_resume(tmp_path):
     for stale in own.paths()[:-1]:
         stale.unlink()
     assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[1] == source
+    for damaged in own.paths():  # every checkpoint of the run dir damaged: resume= still rescues it
+        damaged.write_bytes(b"not a checkpoint")
+    assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[1] == source
+    with pytest.raises(ckpt.CheckpointError, match="cannot be loaded"):  # without resume=: the damage is named
+        _load_for(mine, own, evaluate_only=False)
 
 
 def _user_namespace_tmpfs_works(tmp_path: Path) -> bool:

@@ -215,6 +215,7 @@ LIBRARY = {
     "Error in call to target \2": "Hydra's instantiate, a _target_ that raised",
     "\2 unexpected keyword argument \2": "Python, a key the _target_ does not take",
     "No space left on device": "the OS's strerror (ENOSPC)",
+    "Nesterov momentum requires a momentum and zero dampening": "torch.optim.SGD's own check",
 }
 
 
@@ -233,10 +234,10 @@ def _templates_of(node: ast.AST) -> str | None:
 
 @cache
 def code_templates() -> tuple[str, ...]:
-    """Every string the package can print, as templates: its string literals, f-strings and their `+` sums, and the
-    ranges a message names (`an integer >= 1`: config.Range's text)."""
+    """Every string the package and its sweeper plugin can print, as templates: their string literals, f-strings and
+    `+` sums, and the ranges a message names (`an integer >= 1`: config.Range's text)."""
     found = set(LIBRARY) | {str(r) for r in [*RANGES.values(), *(r for g in GROUP_RANGES.values() for r in g.values())]}
-    for path in sorted((ROOT / "reptile_exp").rglob("*.py")):
+    for path in sorted([*(ROOT / "reptile_exp").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]):
         tree = ast.parse(path.read_text())
         docstrings = {id(n.body[0].value) for n in ast.walk(tree) if isinstance(n, DOCUMENTED) and ast.get_docstring(n)}
         for node in ast.walk(tree):

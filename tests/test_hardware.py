@@ -53,6 +53,8 @@ def test_auto_resolves_on_this_machine_and_explicit_values_pass_through():
     assert (compile, precision) == ("none", "bf16" if native else "highest")
     assert chosen.startswith(f"precision=auto -> {precision} (") and "compile=auto -> none" in chosen
     assert resolve(CPU, "inductor", "bf16") == ("inductor", "bf16", None)
+    _, precision, chosen = resolve(CPU, "none", "auto", torch.float64)  # bf16 would do nothing to a float64 run
+    assert precision == "highest" and "bfloat16 applies to float32 runs only" in chosen
 
 
 def test_a_run_with_auto_uses_and_logs_what_auto_chose(caplog):

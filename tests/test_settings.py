@@ -35,7 +35,7 @@ VALID = [
     ("algorithm=fomaml", "algorithm.tail_shots=1"),
     ("dataset.k_shot=50",),  # every grid point is a support point
     (OMNI, "dataset.n_way=2", "dataset.k_shot=1", "dataset.train_shots=1", "inner_batch=1"),
-    (OMNI, "eval_splits=[train,val,test]", "objective_split=val", "dataset.val_characters=1"),
+    (OMNI, "eval_splits=[train,val,test]", "objective_split=val", "dataset.val_characters=5"),
     ("+outer_optimizer.momentum=0.9", "+outer_optimizer.nesterov=true"),
     ("dataset=omniglot", "+model.channels=8"),
     ("fused_inner=false", "grouped_tasks=false", "threads=1"),

@@ -277,11 +277,11 @@ class ReptileOptunaSweeper(Sweeper):
             return []
         if "objective_name" in summary:
             self.set_attr(study, number, "objective_name", summary["objective_name"])  # the figure's axis
-        values = [
-            returned if name == "objective" else OmegaConf.select(OmegaConf.create(summary), name)
-            for name in self.objectives
-        ]
-        missing = [n for n, v in zip(self.objectives, values) if v is None]
+        fields = OmegaConf.create(summary)
+        values = [returned if name == "objective" else OmegaConf.select(fields, name) for name in self.objectives]
+        absent = object()  # a field that holds null is there: only a name summary.json lacks is a typo
+        named = [n for n in self.objectives if n != "objective"]
+        missing = [n for n in named if OmegaConf.select(fields, n, default=absent) is absent]
         if summary and not (out / "error.txt").exists() and missing:  # a finished job without it: a typo
             raise ConfigError(
                 f"hydra.sweeper.objectives: {missing[0]} is not a field of {out}/summary.json; use objective or "

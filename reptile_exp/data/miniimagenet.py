@@ -158,13 +158,14 @@ def decode_split(root: Path, table: Path) -> tuple[torch.Tensor, list[str]]:
     """The images a csv lists, uint8 (classes, examples, 3, 84, 84), classes sorted by label."""
     try:
         with table.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(row, reader.line_num) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"cannot read {table} ({e}); download it again") from None
-    if not rows or not {"filename", "label"} <= set(rows[0]):
+    if not rows or not {"filename", "label"} <= set(rows[0][0]):
         raise DatasetError(f"{table}: expected a header 'filename,label' and at least one row; download it again")
     classes: dict[str, list[str]] = {}
-    for line, row in enumerate(rows, start=2):
+    for row, line in rows:
         if not row["filename"] or not row["label"]:  # DictReader fills a short row's missing fields with None
             raise DatasetError(f"{table}, line {line}: expected 'filename,label', got {row}; download it again")
         classes.setdefault(row["label"], []).append(row["filename"])
