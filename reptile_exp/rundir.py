@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
@@ -96,8 +96,11 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
 def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
     """evaluate_only=true must not write into a training run's dir: its config.yaml, metrics and W&B run would be
     the evaluation's."""
-    trained = [*out_dir.glob("summary.json"), *out_dir.glob("metrics.jsonl"), *out_dir.glob("checkpoints/ckpt-*.pt")]
-    if cfg.evaluate_only and trained:
+    if not cfg.evaluate_only:
+        return
+    written = out_dir / "config.yaml"  # a training run's from its start (an evaluation's dir has one too)
+    trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
+    if trained or (written.exists() and not OmegaConf.load(written).get("evaluate_only", False)):
         raise ConfigError(
             f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "
             f"hydra.run.dir to a new folder (checkpoint={out_dir} evaluates this run)"

@@ -106,6 +106,8 @@ def test_evaluate_only_evaluates_the_checkpoints_phi(trained, tmp_path):
     assert result["results"]["test"] == evaluated(cfg, torch.load(trained, weights_only=True)["phi"])
     assert result["results"]["test"]["mse"] != evaluated(cfg, initial_phi())["mse"]  # so the line above can fail
     assert trained.read_bytes() == before and not (tmp_path / "eval" / "checkpoints").exists()
+    run(cfg, tmp_path / "eval")  # the same evaluation again in its own dir: not a training dir, allowed
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["results"] == result["results"]
 
 
 def test_evaluate_only_init_evaluates_the_untrained_initialisation(trained, tmp_path):
