@@ -7,6 +7,7 @@ sweep a failed job writes error.txt and reports the penalty instead, so the swee
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import math
@@ -118,3 +119,19 @@ def command_line(hydra_main: Callable[[], object]) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = asked
+
+
+def at_least(low: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type for the scripts' counts and budgets: a finite kind(text) >= low, else a usage error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (math.isfinite(value) and value >= low):
+            raise argparse.ArgumentTypeError(f"{text}: give a finite number >= {low}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse

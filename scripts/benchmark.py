@@ -35,6 +35,7 @@ from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
 from reptile_exp.atomic import atomic_write_text
+from reptile_exp.cli import at_least
 from reptile_exp.experiment import build, set_deterministic
 from reptile_exp.hardware import cpu_name, native_bf16
 from reptile_exp.measure import flops, matmul_gflops, peak_memory_mb, rate, seconds, sync
@@ -270,15 +271,25 @@ def arguments() -> argparse.ArgumentParser:
         "--variants", nargs="+", type=variant, help=f"fast-path variants, parts joined by '+': {list(FAST_PATHS)}"
     )
     parser.add_argument("--overrides", nargs="+", default=[], help="config overrides for every contender")
-    parser.add_argument("--repeats", type=int, help="timed rounds, medians over them (default 5, --quick 2)")
-    parser.add_argument("--eval-repeats", type=int, help="rounds that also time evaluation (default: --repeats)")
-    parser.add_argument("--warmup", type=int, help="untimed outer iterations per contender (default 2, --quick 1)")
-    parser.add_argument("--min-seconds", type=float, help="shortest training timing per contender and round")
-    parser.add_argument("--eval-tasks", type=int, help="engine: test tasks timed (default cuda 1000, cpu 100)")
-    parser.add_argument("--serial-eval-tasks", type=int, help="serial: test tasks timed (default cuda 100, cpu 10)")
-    parser.add_argument("--profile", type=int, help="steps of the time split, 0: none (default 3, --quick 1)")
-    parser.add_argument("--op-profile", type=int, default=0, help="tasks of a profiled evaluation (0: none)")
-    parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads; default: torch's)")
+    parser.add_argument("--repeats", type=at_least(1), help="timed rounds, medians over them (default 5, --quick 2)")
+    parser.add_argument(
+        "--eval-repeats", type=at_least(1), help="rounds that also time evaluation (default: --repeats)"
+    )
+    parser.add_argument(
+        "--warmup", type=at_least(0), help="untimed outer iterations per contender (default 2, --quick 1)"
+    )
+    parser.add_argument(
+        "--min-seconds", type=at_least(0, float), help="shortest training timing per contender and round"
+    )
+    parser.add_argument("--eval-tasks", type=at_least(1), help="engine: test tasks timed (default cuda 1000, cpu 100)")
+    parser.add_argument(
+        "--serial-eval-tasks", type=at_least(1), help="serial: test tasks timed (default cuda 100, cpu 10)"
+    )
+    parser.add_argument("--profile", type=at_least(0), help="steps of the time split, 0: none (default 3, --quick 1)")
+    parser.add_argument("--op-profile", type=at_least(0), default=0, help="tasks of a profiled evaluation (0: none)")
+    parser.add_argument(
+        "--threads", type=at_least(1), help="CPU intra-op threads (torch.set_num_threads; default: torch's)"
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--quick", action="store_true", help="a rough figure in a minute or two: smaller defaults")
     return parser
@@ -299,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.eval_repeats = args.repeats if args.eval_repeats is None else args.eval_repeats
+    if args.eval_repeats > args.repeats:
+        parser.error(f"--eval-repeats {args.eval_repeats}: at most --repeats ({args.repeats}), the rounds there are")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64  # compiled variants share the compiled code's cache (one per learner)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from reptile_exp.atomic import atomic_write_text
+from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -390,7 +391,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: the rehearsal")
     parser.add_argument("--out", type=Path, help="the JSON summary (default outputs/gpu_check/<time>/summary.json)")
     parser.add_argument("--work", type=Path, help="logs, run dirs, the benchmark's report (default: beside --out)")
-    parser.add_argument("--budget-s", type=float, default=450, help="no step starts that its plan cannot finish")
+    parser.add_argument(
+        "--budget-s", type=at_least(1, float), default=450, help="no step starts that its plan cannot finish"
+    )
     parser.add_argument("--only", nargs="+", choices=list(PLANS), help="run these steps only (e.g. the failed ones)")
     parser.add_argument(
         "--plan", nargs="+", default=[], type=plan, metavar="STEP=SECONDS", help="change a step's budget"

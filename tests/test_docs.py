@@ -199,6 +199,31 @@ def test_the_script_check_catches_a_wrong_flag_value_or_override(name, args, fau
         check_script_command(name, args)
 
 
+SCRIPTS = sorted(p.stem for p in (ROOT / "scripts").glob("*.py"))
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_numeric_flag_of_a_script_has_a_range(name):
+    """A count or budget given as 0, -1, nan or inf was taken as given (`--eval-repeats 0`: a traceback after the
+    timing); every numeric flag parses with cli.at_least, which refuses what lies below its bound or is not finite."""
+    parser = script(name).arguments()
+    numeric = [
+        a for a in parser._actions if a.type in (int, float) or getattr(a.type, "__name__", "") in ("int", "float")
+    ]
+    for action in numeric:
+        flag = action.option_strings[0] if action.option_strings else action.dest
+        assert action.type not in (int, float), f"scripts/{name}.py {flag}: give it a range (cli.at_least)"
+        for bad in ("-1", "nan", "inf", "x"):
+            with pytest.raises(Exception, match="give a finite number|is not"):
+                action.type(bad)
+
+
+def test_benchmark_refuses_more_eval_rounds_than_rounds(capsys):
+    with pytest.raises(SystemExit):
+        script("benchmark").main(["--presets", "sine", "--repeats", "1", "--eval-repeats", "2"])
+    assert "--eval-repeats 2: at most --repeats (1)" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------- the messages of troubleshooting.md
 
 DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)

@@ -112,15 +112,23 @@ class ConvInputs(TorchDispatchMode):
 
 
 @pytest.mark.parametrize(
-    "model,example,channels_last",
-    [(OmniglotConvNet(), (6, 1, 28, 28), False), (MiniImageNetConvNet(), (3, 3, 84, 84), True)],
-    ids=["omniglot", "miniimagenet"],
+    "model,example,bf16,channels_last",
+    [
+        (OmniglotConvNet(), (6, 1, 28, 28), False, False),
+        (OmniglotConvNet(), (6, 1, 28, 28), True, True),
+        (MiniImageNetConvNet(), (3, 3, 84, 84), False, True),
+        (MiniImageNetConvNet(), (3, 3, 84, 84), True, True),
+    ],
+    ids=["omniglot", "omniglot-bf16", "miniimagenet", "miniimagenet-bf16"],
 )
-def test_the_grouped_layout_is_channels_last_on_a_cpu_where_the_model_asks(model, example, channels_last):
+def test_the_grouped_layout_is_channels_last_on_a_cpu_where_the_model_asks_or_under_bf16(
+    model, example, bf16, channels_last
+):
     """MiniImageNetConvNet.channels_last_on_cpu: its grouped convolutions (and pooling) ran faster channels last
-    on a CPU; Omniglot's did not. Every convolution of the grouped path gets its input in that layout."""
+    on a CPU; Omniglot's did so only under bfloat16 autocast (oneDNN's bfloat16 convolutions). Every convolution of
+    the grouped path gets its input in that layout."""
     params = {n: p.detach().expand(3, *p.shape) for n, p in model.named_parameters()}
-    with ConvInputs() as seen:
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16), ConvInputs() as seen:
         forward_tasks(model, params, torch.randn(3, *example))
     assert seen.channels_last == [channels_last] * 4
 
