@@ -131,7 +131,7 @@ def profile_split(exp, steps: int) -> dict:
 
 
 def operator_split(exp, num_tasks: int, top: int = 8) -> dict:
-    """Seconds of self time per operator in one plain evaluation of num_tasks test tasks (torch.profiler; CUDA:
+    """Seconds of self time per operator in one evaluation of num_tasks test tasks (torch.profiler; CUDA:
     device time): the `top` largest, then the rest as "other"."""
     evaluate_split(exp, "test", num_tasks, seed=0)  # warm-up: allocator and kernels
     cuda = exp.device.type == "cuda"
@@ -211,12 +211,16 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
             "eval_chunk": chunk,
             "eval_peak_mb": peak_memory_mb(partial(evaluate, chunk, 3), device),  # one chunk
         }
-    use(("highest", False))
+    if args.profile or args.op_profile:
+        profiled = config(contender(preset, device.type, args.overrides, args.profile_variant))
+        use((profiled.precision.value, profiled.deterministic))
+        result["profiled_variant"] = args.profile_variant
     if args.profile:
-        result["profile_s"] = profile_split(build(plain_cfg), args.profile)
+        result["profile_s"] = profile_split(build(profiled), args.profile)
     if args.op_profile:
         result["eval_ops_tasks"] = args.op_profile
-        result["eval_ops_s"] = operator_split(build(plain_cfg), args.op_profile)
+        result["eval_ops_s"] = operator_split(build(profiled), args.op_profile)
+    use(("highest", False))
     return result
 
 
@@ -247,11 +251,12 @@ def table(report: dict) -> str:
         if "profile_s" in res:
             total = sum(res["profile_s"].values())
             split = ", ".join(f"{k} {1000 * v:.3g} ms ({100 * v / total:.0f}%)" for k, v in res["profile_s"].items())
-            lines.append(f"one plain engine step: {split}")
+            lines.append(f"one engine step ({res['profiled_variant']}): {split}")
         if "eval_ops_s" in res:
             total = sum(res["eval_ops_s"].values())
             split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res["eval_ops_s"].items())
-            lines.append(f"one plain evaluation of {res['eval_ops_tasks']} tasks, self time by operator: {split}")
+            tasks = res["eval_ops_tasks"]
+            lines.append(f"one evaluation ({res['profiled_variant']}) of {tasks} tasks, self time by operator: {split}")
     return "\n".join(lines)
 
 
@@ -287,6 +292,9 @@ def arguments() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", type=at_least(0), help="steps of the time split, 0: none (default 3, --quick 1)")
     parser.add_argument("--op-profile", type=at_least(0), default=0, help="tasks of a profiled evaluation (0: none)")
+    parser.add_argument(
+        "--profile-variant", type=variant, default="plain", help="the variant --profile and --op-profile run"
+    )
     parser.add_argument(
         "--threads", type=at_least(1), help="CPU intra-op threads (torch.set_num_threads; default: torch's)"
     )

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import torch._dynamo
-from conftest import CUDA_ONLY, GPU, ROOT
+from conftest import CUDA_ONLY, GPU, ROOT, script
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -421,6 +421,18 @@ def test_benchmark_prints_a_table_then_one_json_line():
     native, why = native_bf16(torch.device("cpu"))
     assert report["device"].endswith(cpu_name()) and report["native_bf16"] == [native, why]
     assert f"bfloat16 {'native' if native else 'emulated'} ({why})" in lines[:-1]
+
+
+def test_the_profiles_run_the_variant_asked(monkeypatch):
+    """--profile-variant: the time split and the operator profile build that variant's config, not plain's."""
+    bench, seen = script("benchmark"), []
+    monkeypatch.setattr(bench, "profile_split", lambda exp, steps: seen.append(exp.cfg) or {"inner loop": 1.0})
+    monkeypatch.setattr(bench, "operator_split", lambda exp, tasks: seen.append(exp.cfg) or {"other": 1.0})
+    args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
+    args += ["--eval-tasks", "2", "--serial-eval-tasks", "1", "--min-seconds", "0.01", "--profile", "1"]
+    report = bench.main([*args, "--op-profile", "2", "--profile-variant", "vmap+unfused"])
+    assert [(c.grouped_tasks, c.fused_inner) for c in seen] == [(False, False)] * 2
+    assert report["presets"]["sine"]["profiled_variant"] == "vmap+unfused"
 
 
 REFAULTS = """
