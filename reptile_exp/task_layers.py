@@ -5,8 +5,9 @@ TensorFlow "same" padded input (kernel order (kh, kw, C), so every copy moves wh
 the task's weights. BatchNorm over each task's batch statistics (REFERENCE.md section 3), fused with the ReLU
 that follows it, has its gradient written out. Both keep what their backward needs from the forward pass.
 Under autocast the matrix products (forward and backward) run in its dtype, BatchNorm in float32. Issue 21;
-in float32 on the CPU measured it is slower than the grouped convolution (docs/benchmarks.md), so it is opt-in
-(task_conv=bmm); tests/test_task_layers.py checks each gradient against finite differences.
+on the CPUs measured (float32, and bfloat16 on an AMX Xeon) it is slower than the grouped convolution
+(docs/benchmarks.md), so it is opt-in (task_conv=bmm); tests/test_task_layers.py checks each gradient against
+finite differences.
 """
 
 from __future__ import annotations
