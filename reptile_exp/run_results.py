@@ -39,6 +39,7 @@ class Entry:
     eval_seconds: float | None
     device: str
     synthetic: bool  # trained or evaluated on random images (synthetic_data=true, debug=smoke)
+    eval_precision: str  # the evaluating run's `precision` (training's is in `training`)
 
 
 def run_dirs(path: Path) -> list[Path]:
@@ -112,6 +113,7 @@ def entries(run: Path) -> list[Entry]:
             "k_eval": cfg["k_eval"],
         }
     }
+    compiled = "" if cfg.get("compile", "none") == "none" else f", compile={cfg['compile']}"
     found = []
     for protocol in protocols.values():
         test = protocol.get("test")
@@ -139,7 +141,8 @@ def entries(run: Path) -> list[Entry]:
                     "seconds", result["seconds"] if result_file.name == "evaluation.json" else None
                 ),
                 synthetic=bool(cfg.get("synthetic_data") or training.get("synthetic_data")),
-                device=f"{result['device']} (threads={cfg.get('threads', 0) or 'default'})",
+                device=f"{result['device']} (threads={cfg.get('threads', 0) or 'default'}{compiled})",
+                eval_precision=cfg.get("precision", "highest"),
             )
         )
     return found

@@ -40,7 +40,8 @@ def pooled(found: list[Entry]) -> tuple[float, float, int]:
 
 
 def differences(found: list[Entry], column: paper.Column) -> list[str]:
-    """The settings where these runs differ from the paper's for the column (iterations apart)."""
+    """The settings where these runs differ from the paper's for the column (iterations apart), its float32
+    arithmetic included."""
     out = []
     for knob in TRAINING_KNOBS:
         theirs = getattr(column, knob)
@@ -51,6 +52,13 @@ def differences(found: list[Entry], column: paper.Column) -> list[str]:
         ours = sorted({getattr(e, knob) for e in found})
         if ours != [getattr(column, knob)]:
             out.append(f"{knob} {'/'.join(str(v) for v in ours)} (paper {getattr(column, knob)})")
+    train_precision = sorted({e.training.get("precision", "highest") for e in found})
+    eval_precision = sorted({e.eval_precision for e in found})
+    if train_precision + eval_precision != ["highest", "highest"]:  # the paper's arithmetic is float32
+        out.append(f"precision: training {'/'.join(train_precision)}, evaluation {'/'.join(eval_precision)}")
+    dtypes = sorted({e.training.get("dtype", "float32") for e in found})
+    if dtypes != ["float32"]:
+        out.append(f"dtype {'/'.join(dtypes)} (paper float32)")
     if any(e.synthetic for e in found):
         out.append("synthetic data (random images)")
     return out

@@ -44,6 +44,7 @@ def test_tables_from_a_seed_sweep_a_training_run_and_a_legacy_evaluation(tmp_pat
         "transductive=true",
         "evaluate_only=true",
         f"checkpoint={train20}",
+        "precision=bf16",  # emulated on a CPU without bfloat16 instructions: slower, still bfloat16
         f"hydra.run.dir={eval20}",
     )
     # an evaluation written before protocols existed: no "protocols" entry, the protocol is config.yaml's knobs
@@ -82,6 +83,12 @@ def test_tables_from_a_seed_sweep_a_training_run_and_a_legacy_evaluation(tmp_pat
     assert float(five["ours_mean"]) == round(100 * legacy["results"]["test"]["accuracy"], 4)
     assert five["schedule"] == "6 iterations (shortened: the paper's is 200,000)"
     assert five["source"] == str(eval20) and "eval " in five["wall_time"]
+    # arithmetic other than the paper's float32 is named; the float32 rows say nothing of it
+    assert "precision: training highest, evaluation bf16" in five["differs"]
+    assert (
+        "precision" not in one["differs"]
+        and "precision" not in cell[(paper.TABLE1, "1-shot 5-way", "Reptile")]["differs"]
+    )
     assert not five["wall_time"].startswith("train unknown")  # the training time comes from the checkpoint's run dir
 
     # rows not run say so, in the user's terms (what the run dirs given lack), not the developers' machines'
