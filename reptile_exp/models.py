@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .task_layers import same_padding, task_batch_norm, task_conv, task_max_pool
+from .task_layers import grouped_conv, same_padding, task_batch_norm, task_conv, task_max_pool
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -182,7 +182,7 @@ def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, co
 def _grouped_layer(m: nn.Module, h: Tensor, weight: Tensor, bias: Tensor, tasks: int, n: int) -> Tensor:
     """Layer m of every task on h (n, T * C, H, W): forward_tasks' grouped way."""
     if isinstance(m, Conv2dSame):
-        return F.conv2d(F.pad(h, m.same_padding(h)), weight.flatten(0, 1), bias.flatten(), m.stride, groups=tasks)
+        return grouped_conv(F.pad(h, m.same_padding(h)), weight.flatten(0, 1), bias.flatten(), m.stride[0], tasks)
     if isinstance(m, BatchStatsNorm2d):
         return F.batch_norm(h, None, None, weight.flatten(), bias.flatten(), training=True, momentum=0.0, eps=m.eps)
     if isinstance(m, nn.Flatten):

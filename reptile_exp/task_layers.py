@@ -102,6 +102,57 @@ def task_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
     return TaskConv.apply(x, weight, bias, stride)[0]
 
 
+# grouped_conv's batched-matmul weight gradient pays from this many tasks (an AMX Xeon in bfloat16: 100 tasks, an
+# evaluation chunk, 1.20x the evaluation; 5 tasks, a meta-batch, 0.97x the training; docs/benchmarks.md)
+BMM_WEIGHT_GRAD_TASKS = 32
+
+
+class GroupedConv(torch.autograd.Function):
+    """The grouped convolution of forward_tasks (x (n, T * C, H, W) padded, weight (T * C_out, C, k, k), groups T),
+    its weight gradient one batched matmul of x's im2col columns, tasks as the batch: oneDNN's grouped weight
+    gradient took 1.3x to 2.6x as long (bfloat16, channels last). Input gradient and forward are oneDNN's."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor, stride: int, tasks: int) -> Tensor:
+        return F.conv2d(x, weight, bias, stride, groups=tasks)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, stride, tasks = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.tasks = stride, tasks
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        stride, tasks = ctx.stride, ctx.tasks
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [stride] * 2, [0, 0], [1, 1], False, [0, 0], tasks, [True, False, False]
+            )[0]
+        n, channels, kernel, out_h, out_w = x.shape[0], weight.shape[1], weight.shape[-1], *grad.shape[2:]
+        channels_out = weight.shape[0] // tasks
+        pixels = x.permute(0, 2, 3, 1).reshape(n, x.shape[2], x.shape[3], tasks, channels)
+        windows = pixels.unfold(1, kernel, stride).unfold(2, kernel, stride)  # (n, Ho, Wo, T, C, k, k)
+        cols = windows.permute(3, 0, 1, 2, 5, 6, 4).reshape(tasks, n * out_h * out_w, -1)
+        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, tasks, channels_out).transpose(0, 1)
+        grad_weight = torch.bmm(cols.transpose(1, 2), grad_rows).view(tasks, kernel, kernel, channels, channels_out)
+        grad_weight = grad_weight.permute(0, 4, 3, 1, 2).reshape(weight.shape)
+        return grad_x, grad_weight, grad.sum((0, 2, 3)), None, None
+
+
+def grouped_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, tasks: int) -> Tensor:
+    """F.conv2d(x, weight, bias, stride, groups=tasks) (x padded already); under bfloat16 autocast on a CPU with at
+    least BMM_WEIGHT_GRAD_TASKS tasks, through GroupedConv, in bfloat16 as autocast would."""
+    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or tasks < BMM_WEIGHT_GRAD_TASKS:
+        return F.conv2d(x, weight, bias, stride, groups=tasks)
+    dtype = torch.get_autocast_dtype("cpu")
+    with torch.autocast("cpu", enabled=False):
+        return GroupedConv.apply(x.to(dtype), weight.to(dtype), bias.to(dtype), stride, tasks)
+
+
 class TaskBatchNorm(torch.autograd.Function):
     """BatchNorm over (n, H, W) per task and channel, with batch statistics, then ReLU if asked; x (T, n, H, W, C)."""
 

@@ -8,8 +8,16 @@ from torch.autograd import gradcheck
 from torch.func import functional_call, grad, grad_and_value, vmap
 from torch.profiler import ProfilerActivity, profile
 
+from reptile_exp import task_layers
 from reptile_exp.models import BatchStatsNorm2d, Conv2dSame, MiniImageNetConvNet, OmniglotConvNet, forward_tasks
-from reptile_exp.task_layers import same_padding, task_batch_norm, task_conv, task_max_pool
+from reptile_exp.task_layers import (
+    BMM_WEIGHT_GRAD_TASKS,
+    GroupedConv,
+    same_padding,
+    task_batch_norm,
+    task_conv,
+    task_max_pool,
+)
 
 F64 = torch.float64
 
@@ -147,3 +155,47 @@ def test_task_conv_bmm_is_in_effect_when_asked():
     assert {"TaskConv", "TaskConvBackward", "TaskBatchNorm"} <= bmm
     assert not {n for n in bmm if "convolution" in n}
     assert {"aten::convolution", "aten::convolution_backward"} <= grouped and "TaskConv" not in grouped
+
+
+# ------------------------------------------------------------------- GroupedConv: the grouped path's weight gradient
+
+
+@pytest.mark.parametrize("height,width,stride,channels", [(7, 8, 1, 3), (8, 9, 2, 1), (9, 7, 2, 3)])
+def test_grouped_conv_gradient_is_the_finite_difference_one(height, width, stride, channels):
+    """The batched-matmul weight gradient (and oneDNN's input gradient) of every task's grouped convolution; height
+    and width differ so swapped axes show; float64 finite differences."""
+    torch.manual_seed(0)
+    tasks = 3
+    x = torch.randn(2, tasks * channels, height, width, dtype=F64).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(tasks * 4, channels, 3, 3, dtype=F64, requires_grad=True)
+    bias = torch.randn(tasks * 4, dtype=F64, requires_grad=True)
+    assert gradcheck(lambda *a: GroupedConv.apply(*a, stride, tasks), (x.requires_grad_(), weight, bias))
+
+
+@pytest.mark.parametrize("tasks", [BMM_WEIGHT_GRAD_TASKS - 1, BMM_WEIGHT_GRAD_TASKS])
+def test_grouped_conv_is_used_under_bf16_from_enough_tasks_and_agrees(tasks, monkeypatch):
+    """forward_tasks' grouped convolutions go through GroupedConv under bfloat16 autocast on a CPU from
+    BMM_WEIGHT_GRAD_TASKS tasks (evaluation chunks), not below (meta-batches); its gradients equal oneDNN's to
+    bfloat16 rounding (8 bits of mantissa: 2% of each gradient's largest entry)."""
+    torch.manual_seed(0)
+    model = OmniglotConvNet()
+    params = {n: p.detach().expand(tasks, *p.shape).clone().requires_grad_() for n, p in model.named_parameters()}
+    x, y = torch.randn(tasks, 5, 1, 28, 28), torch.randint(0, 5, (tasks, 5))
+
+    def gradients():
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = _losses(model, "grouped")(params, x, y)
+        names, seen = set(), [loss.grad_fn]
+        while seen:
+            node = seen.pop()
+            names.add(type(node).__name__)
+            seen += [n for n, _ in node.next_functions if n is not None]
+        return torch.autograd.grad(loss, list(params.values())), names
+
+    got, names = gradients()
+    assert ("GroupedConvBackward" in names) == (tasks >= BMM_WEIGHT_GRAD_TASKS)
+    monkeypatch.setattr(task_layers, "BMM_WEIGHT_GRAD_TASKS", 10**9)
+    expected, names = gradients()
+    assert "GroupedConvBackward" not in names
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0.02 * e.abs().max().item())
