@@ -137,7 +137,7 @@ def forward_tasks(model: nn.Sequential, params: dict[str, Tensor], x: Tensor, co
 
     conv "grouped": images travel as (n, T * C, H, W), channels last in memory on a CPU where the model says
     channels_last_on_cpu or under bfloat16 autocast (oneDNN's bfloat16 convolutions work channels last: Omniglot
-    1.08x to 1.16x in training, 1.15x in evaluation on an AMX Xeon, docs/benchmarks.md); each task's channels
+    1.17x to 1.21x in training, 1.17x in evaluation on an AMX Xeon, CHANGELOG.md 2026-12-07); each task's channels
     form one group of a grouped convolution, and BatchNorm's statistics per channel over (n, H, W) are per task
     and channel, so the native kernel computes them. conv
     "bmm": images travel channels last, (T, n, H, W, C), through task_layers (each convolution one batched matmul

@@ -33,13 +33,26 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 def _im2col(x: Tensor, kernel: int, stride: int, dtype: torch.dtype) -> Tensor:
     """x (T, n, H, W, C) -> columns (T, n * Ho * Wo, kernel * kernel * C) in dtype, "same" padded."""
-    tasks, n, height, width, channels = x.shape
-    top, bottom, out_h = same_padding(height, kernel, stride)
-    left, right, out_w = same_padding(width, kernel, stride)
-    windows = F.pad(x, (0, 0, left, right, top, bottom)).unfold(2, kernel, stride).unfold(3, kernel, stride)
-    cols = torch.empty(tasks, n, out_h, out_w, kernel, kernel, channels, dtype=dtype, device=x.device)
-    cols.copy_(windows.permute(0, 1, 2, 3, 5, 6, 4))  # one copy: padding, window order and dtype together
+    top, bottom, _ = same_padding(x.shape[2], kernel, stride)
+    left, right, _ = same_padding(x.shape[3], kernel, stride)
+    return _columns(F.pad(x, (0, 0, left, right, top, bottom)), kernel, stride, dtype)
+
+
+def _columns(padded: Tensor, kernel: int, stride: int, dtype: torch.dtype) -> Tensor:
+    """padded (T, n, H, W, C), any strides -> its im2col columns (T, n * Ho * Wo, kernel * kernel * C) in dtype."""
+    windows = padded.unfold(2, kernel, stride).unfold(3, kernel, stride)  # (T, n, Ho, Wo, C, k, k)
+    tasks, n, out_h, out_w, channels = windows.shape[:5]
+    cols = torch.empty(tasks, n, out_h, out_w, kernel, kernel, channels, dtype=dtype, device=padded.device)
+    cols.copy_(windows.permute(0, 1, 2, 3, 5, 6, 4))  # one copy: window order and dtype together
     return cols.view(tasks, n * out_h * out_w, -1)
+
+
+def _weight_grad(cols: Tensor, grad: Tensor, kernel: int, dtype: torch.dtype) -> Tensor:
+    """Every task's convolution weight gradient (T, C_out, C, k, k) in dtype from its columns (T, rows, k * k * C)
+    and output gradient (T, rows, C_out): one batched matmul."""
+    tasks, channels_out = grad.shape[0], grad.shape[-1]
+    grad_matrix = torch.bmm(cols.transpose(1, 2), grad.to(cols.dtype)).to(dtype)
+    return grad_matrix.view(tasks, kernel, kernel, -1, channels_out).permute(0, 4, 3, 1, 2)
 
 
 def _col2im(grad_cols: Tensor, shape: torch.Size, kernel: int, stride: int, dtype: torch.dtype) -> Tensor:
@@ -89,8 +102,7 @@ class TaskConv(torch.autograd.Function):
         # wrongly said False for them (tests/test_task_layers.py); x's is skipped for the images, which need none.
         grad_bias = grad.sum(1, dtype=ctx.weight_dtype)
         grad = grad.to(cols.dtype)
-        grad_matrix = torch.bmm(cols.transpose(1, 2), grad).to(ctx.weight_dtype)
-        grad_weight = grad_matrix.view(tasks, kernel, kernel, channels, channels_out).permute(0, 4, 3, 1, 2)
+        grad_weight = _weight_grad(cols, grad, kernel, ctx.weight_dtype)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _col2im(torch.bmm(grad, matrix.transpose(1, 2)), ctx.shape, kernel, ctx.stride, ctx.dtype)
@@ -102,15 +114,15 @@ def task_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int) -> Tensor:
     return TaskConv.apply(x, weight, bias, stride)[0]
 
 
-# grouped_conv's batched-matmul weight gradient pays from this many tasks (an AMX Xeon in bfloat16: 100 tasks, an
-# evaluation chunk, 1.20x the evaluation; 5 tasks, a meta-batch, 0.97x the training; docs/benchmarks.md)
+# grouped_conv's batched-matmul weight gradient pays from this many tasks: on an AMX Xeon in bfloat16 it sped up
+# evaluation chunks (100 tasks; docs/benchmarks.md) but not meta-batches of 5 (CHANGELOG.md 2026-12-07)
 BMM_WEIGHT_GRAD_TASKS = 32
 
 
 class GroupedConv(torch.autograd.Function):
     """The grouped convolution of forward_tasks (x (n, T * C, H, W) padded, weight (T * C_out, C, k, k), groups T),
-    its weight gradient one batched matmul of x's im2col columns, tasks as the batch: oneDNN's grouped weight
-    gradient took 1.3x to 2.6x as long (bfloat16, channels last). Input gradient and forward are oneDNN's."""
+    its weight gradient one batched matmul of x's im2col columns, tasks as the batch, where oneDNN's grouped weight
+    gradient is slow (bfloat16, channels last). Input gradient and forward are oneDNN's."""
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, bias: Tensor, stride: int, tasks: int) -> Tensor:
@@ -132,14 +144,11 @@ class GroupedConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [stride] * 2, [0, 0], [1, 1], False, [0, 0], tasks, [True, False, False]
             )[0]
-        n, channels, kernel, out_h, out_w = x.shape[0], weight.shape[1], weight.shape[-1], *grad.shape[2:]
-        channels_out = weight.shape[0] // tasks
-        pixels = x.permute(0, 2, 3, 1).reshape(n, x.shape[2], x.shape[3], tasks, channels)
-        windows = pixels.unfold(1, kernel, stride).unfold(2, kernel, stride)  # (n, Ho, Wo, T, C, k, k)
-        cols = windows.permute(3, 0, 1, 2, 5, 6, 4).reshape(tasks, n * out_h * out_w, -1)
-        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, tasks, channels_out).transpose(0, 1)
-        grad_weight = torch.bmm(cols.transpose(1, 2), grad_rows).view(tasks, kernel, kernel, channels, channels_out)
-        grad_weight = grad_weight.permute(0, 4, 3, 1, 2).reshape(weight.shape)
+        n, height, width = x.shape[0], x.shape[2], x.shape[3]
+        pixels = x.permute(0, 2, 3, 1).reshape(n, height, width, tasks, -1).permute(3, 0, 1, 2, 4)  # (T, n, H, W, C)
+        cols = _columns(pixels, weight.shape[-1], stride, x.dtype)
+        grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, tasks, weight.shape[0] // tasks).transpose(0, 1)
+        grad_weight = _weight_grad(cols, grad_rows, weight.shape[-1], weight.dtype).reshape(weight.shape)
         return grad_x, grad_weight, grad.sum((0, 2, 3)), None, None
 
 
