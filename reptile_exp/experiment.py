@@ -244,7 +244,9 @@ def build(cfg: DictConfig) -> Experiment:
     model = build_model(cfg.model, device, dtype)
     inner = instantiate(cfg.inner_optimizer)
     loss = "mse" if dataset.kind == "regression" else "cross_entropy"
-    compile, precision, chosen = resolve(device, cfg.compile.value, cfg.precision.value, dtype)
+    compile, precision, chosen = resolve(
+        device, cfg.compile.value, cfg.precision.value, dtype, model, 0 if cfg.evaluate_only else cfg.iterations
+    )
     if chosen:
         log.info("%s", chosen)
     fast = {"compile": compile, "precision": precision}

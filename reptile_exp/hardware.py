@@ -56,24 +56,45 @@ def native_bf16(device: torch.device, cpuinfo: Path = CPUINFO) -> tuple[bool, st
     return False, f"{torch.backends.cpu.get_cpu_capability()} without AVX512-BF16 or AMX-BF16"
 
 
+# compile=auto compiles a CPU run from this many outer iterations: inductor's compile takes a minute or more on two
+# cores, which a shorter run would not win back
+AUTO_COMPILE_ITERATIONS = 10_000
+
+
 def resolve(
-    device: torch.device, compile: str, precision: str, dtype: torch.dtype = torch.float32
+    device: torch.device,
+    compile: str,
+    precision: str,
+    dtype: torch.dtype = torch.float32,
+    model: torch.nn.Module | None = None,
+    iterations: int = 0,
 ) -> tuple[str, str, str | None]:
     """compile and precision with `auto` made concrete, and a line saying what auto chose (None without auto).
 
-    precision=auto: bf16 where native for a float32 run, else highest (autocast leaves float64 as it is).
-    compile=auto: cudagraphs on CUDA (the paper's models launch many tiny kernels per step); none on a CPU, where
-    inductor's gain is machine- and model-dependent (Omniglot: training 1.06x to 1.32x or slower, evaluation slower
-    on every machine measured; sine: both faster; docs/benchmarks.md)."""
+    precision=auto: bf16 for a float32 run where bfloat16 is native, unless the model says bfloat16 ran slower
+    (`auto_bf16 = False`: the sine MLP), else highest (autocast leaves float64 as it is). compile=auto: cudagraphs on
+    CUDA (the paper's models launch many tiny kernels per step); on a CPU inductor for a training of
+    AUTO_COMPILE_ITERATIONS or more under a precision the model lists in `auto_inductor_on_cpu` (where it was
+    measured faster, docs/benchmarks.md), none otherwise."""
     chosen = []
-    if precision == "auto" and dtype != torch.float32:
-        precision = "highest"
-        chosen.append(f"precision=auto -> highest (dtype {dtype}: bfloat16 applies to float32 runs only)")
     if precision == "auto":
         native, why = native_bf16(device)
-        precision = "bf16" if native else "highest"
-        chosen.append(f"precision=auto -> {precision} ({'native' if native else 'no native'} bfloat16: {why})")
+        if dtype != torch.float32:
+            precision, reason = "highest", f"dtype {dtype}: bfloat16 applies to float32 runs only"
+        elif not getattr(model, "auto_bf16", True):
+            precision, reason = "highest", f"{type(model).__name__} ran slower in bfloat16"
+        else:
+            precision = "bf16" if native else "highest"
+            reason = f"{'native' if native else 'no native'} bfloat16: {why}"
+        chosen.append(f"precision=auto -> {precision} ({reason})")
     if compile == "auto":
-        compile = "cudagraphs" if device.type == "cuda" else "none"
-        chosen.append(f"compile=auto -> {compile} (on {device.type})")
+        if device.type == "cuda":
+            compile, reason = "cudagraphs", "on cuda"
+        elif iterations < AUTO_COMPILE_ITERATIONS:
+            compile, reason = "none", f"on cpu, {iterations:,} iterations: fewer than {AUTO_COMPILE_ITERATIONS:,}"
+        elif precision not in getattr(model, "auto_inductor_on_cpu", ()):
+            compile, reason = "none", f"on cpu: inductor was not faster for {type(model).__name__} at {precision}"
+        else:
+            compile, reason = "inductor", f"on cpu, {iterations:,} iterations of {type(model).__name__} at {precision}"
+        chosen.append(f"compile=auto -> {compile} ({reason})")
     return compile, precision, "; ".join(chosen) or None

@@ -28,7 +28,14 @@ def glorot_init(module: nn.Module) -> nn.Module:
 
 
 class MLP(nn.Sequential):
-    """Fully connected regressor, 1-64-64-1 tanh by default (REFERENCE.md section 8)."""
+    """Fully connected regressor, 1-64-64-1 tanh by default (REFERENCE.md section 8).
+
+    What `auto` picks for it (hardware.resolve): float32, bfloat16 ran slower (sine, Xeon, one thread: training
+    0.57x, evaluation 0.67x); compiled with inductor on a CPU (training 1.77x on the Xeon, 1.81x on Zen 3;
+    docs/benchmarks.md)."""
+
+    auto_bf16 = False
+    auto_inductor_on_cpu = ("highest",)
 
     def __init__(
         self, in_features: int = 1, hidden: tuple[int, ...] = (64, 64), out_features: int = 1, activation: str = "tanh"
@@ -77,7 +84,12 @@ def _batch_norm(channels: int) -> nn.BatchNorm2d:
 
 
 class OmniglotConvNet(nn.Sequential):
-    """4 x [conv 64 3x3 stride 2 same -> BN -> ReLU], 28-14-7-4-2, then linear N (113,221 params, 5-way)."""
+    """4 x [conv 64 3x3 stride 2 same -> BN -> ReLU], 28-14-7-4-2, then linear N (113,221 params, 5-way).
+
+    auto_inductor_on_cpu: inductor over eager in bfloat16, training 1.18x (Xeon), 1.23x (Zen 5), evaluation 0.93x to
+    1.04x; in float32 its evaluation was 0.75x to 0.87x, a net loss on Zen 3 (docs/benchmarks.md)."""
+
+    auto_inductor_on_cpu = ("bf16",)
 
     def __init__(self, n_way: int = 5, in_channels: int = 1, channels: int = 64):
         layers: list[nn.Module] = []
@@ -97,7 +109,8 @@ class MiniImageNetConvNet(nn.Sequential):
 
     channels_last_on_cpu: forward_tasks' grouped images are channels last on a CPU, where the grouped convolutions
     and max pooling of 84 x 84 images ran faster so (docs/benchmarks.md, Mini-ImageNet shapes); Omniglot's small
-    images did not in float32 (its evaluation ran slower), only under bfloat16 autocast (forward_tasks)."""
+    images did not in float32 (its evaluation ran slower), only under bfloat16 autocast (forward_tasks). Not compiled
+    by compile=auto: inductor ran its bfloat16 training 0.67x, evaluation 0.78x (Xeon, docs/benchmarks.md)."""
 
     channels_last_on_cpu = True
 

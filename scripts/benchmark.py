@@ -14,8 +14,8 @@ Reported: medians over repeats, the ratio engine/serial (median of the per-repea
 useful FLOPs of the serial reference's step, counted by torch.utils.flop_counter, times the rate) beside the
 machine's measured matmul GFLOP/s, peak tensor memory (CUDA: max_memory_allocated; CPU: the profiler's allocation
 events), the evaluation chunk against eval_memory_mb, where one training step's time goes (--profile 0 skips it)
-and, with --op-profile N, which operators take one plain evaluation of N tasks. A human table first, then one
-JSON line, the last line of stdout
+and which operators take one evaluation of N tasks (--op-profile N) or N training steps (--train-op-profile N), of
+--profile-variant (default plain). A human table first, then one JSON line, the last line of stdout
 (and, with --json-out FILE, the same report in FILE).
 """
 
@@ -130,19 +130,29 @@ def profile_split(exp, steps: int) -> dict:
     return {part: statistics.median(times) for part, times in parts.items()}
 
 
-def operator_split(exp, num_tasks: int, top: int = 8) -> dict:
-    """Seconds of self time per operator in one evaluation of num_tasks test tasks (torch.profiler; CUDA:
-    device time): the `top` largest, then the rest as "other"."""
-    evaluate_split(exp, "test", num_tasks, seed=0)  # warm-up: allocator and kernels
-    cuda = exp.device.type == "cuda"
+def operator_split(run, device: torch.device, top: int = 8) -> dict:
+    """Seconds of self time per operator while run() runs, after one untimed call (torch.profiler; CUDA: device
+    time): the `top` largest, then the rest as "other"."""
+    run()  # warm-up: allocator and kernels
+    cuda = device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
-        evaluate_split(exp, "test", num_tasks, seed=0)
-        sync(exp.device)
+        run()
+        sync(device)
     self_us = {e.key: e.self_device_time_total if cuda else e.self_cpu_time_total for e in prof.key_averages()}
     ranked = sorted(self_us.items(), key=lambda kv: kv[1], reverse=True)
     split = {name: us / 1e6 for name, us in ranked[:top]}
     split["other"] = sum(us for _, us in ranked[top:]) / 1e6
     return split
+
+
+def evaluation_ops(exp, num_tasks: int) -> dict:
+    """operator_split of one evaluation of num_tasks test tasks."""
+    return operator_split(lambda: evaluate_split(exp, "test", num_tasks, seed=0), exp.device)
+
+
+def training_ops(exp, steps: int) -> dict:
+    """operator_split of `steps` outer training steps."""
+    return operator_split(lambda: [outer_step(exp) for _ in range(steps)], exp.device)
 
 
 def bench_preset(preset: str, args, device: torch.device) -> dict:
@@ -211,7 +221,7 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
             "eval_chunk": chunk,
             "eval_peak_mb": peak_memory_mb(partial(evaluate, chunk, 3), device),  # one chunk
         }
-    if args.profile or args.op_profile:
+    if args.profile or args.op_profile or args.train_op_profile:
         profiled = config(contender(preset, device.type, args.overrides, args.profile_variant))
         use((profiled.precision.value, profiled.deterministic))
         result["profiled_variant"] = args.profile_variant
@@ -219,7 +229,10 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
         result["profile_s"] = profile_split(build(profiled), args.profile)
     if args.op_profile:
         result["eval_ops_tasks"] = args.op_profile
-        result["eval_ops_s"] = operator_split(build(profiled), args.op_profile)
+        result["eval_ops_s"] = evaluation_ops(build(profiled), args.op_profile)
+    if args.train_op_profile:
+        result["train_ops_steps"] = args.train_op_profile
+        result["train_ops_s"] = training_ops(build(profiled), args.train_op_profile)
     use(("highest", False))
     return result
 
@@ -252,11 +265,12 @@ def table(report: dict) -> str:
             total = sum(res["profile_s"].values())
             split = ", ".join(f"{k} {1000 * v:.3g} ms ({100 * v / total:.0f}%)" for k, v in res["profile_s"].items())
             lines.append(f"one engine step ({res['profiled_variant']}): {split}")
-        if "eval_ops_s" in res:
-            total = sum(res["eval_ops_s"].values())
-            split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res["eval_ops_s"].items())
-            tasks = res["eval_ops_tasks"]
-            lines.append(f"one evaluation ({res['profiled_variant']}) of {tasks} tasks, self time by operator: {split}")
+        for key, what in (("eval_ops", "one evaluation of {} tasks"), ("train_ops", "{} training steps")):
+            if f"{key}_s" in res:
+                total = sum(res[f"{key}_s"].values())
+                split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res[f"{key}_s"].items())
+                head = what.format(res["eval_ops_tasks" if key == "eval_ops" else "train_ops_steps"])
+                lines.append(f"{head} ({res['profiled_variant']}), self time by operator: {split}")
     return "\n".join(lines)
 
 
@@ -293,8 +307,9 @@ def arguments() -> argparse.ArgumentParser:
     parser.add_argument("--profile", type=at_least(0), help="steps of the time split, 0: none (default 3, --quick 1)")
     parser.add_argument("--op-profile", type=at_least(0), default=0, help="tasks of a profiled evaluation (0: none)")
     parser.add_argument(
-        "--profile-variant", type=variant, default="plain", help="the variant --profile and --op-profile run"
+        "--train-op-profile", type=at_least(0), default=0, help="outer steps of a profiled training (0: none)"
     )
+    parser.add_argument("--profile-variant", type=variant, default="plain", help="the variant the three profiles run")
     parser.add_argument(
         "--threads", type=at_least(1), help="CPU intra-op threads (torch.set_num_threads; default: torch's)"
     )

@@ -395,7 +395,7 @@ def test_bf16_warns_only_on_a_cpu_without_bfloat16_instructions(precision, caplo
 def test_benchmark_prints_a_table_then_one_json_line():
     args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
     args += ["--eval-tasks", "8", "--serial-eval-tasks", "2", "--min-seconds", "0.05", "--profile", "2"]
-    args += ["--op-profile", "4"]
+    args += ["--op-profile", "4", "--train-op-profile", "2"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
         cwd=ROOT,
@@ -415,8 +415,9 @@ def test_benchmark_prints_a_table_then_one_json_line():
     assert set(sine["profile_s"]) == {"sampling", "inner loop", "outer step"}
     # --quick lowers the defaults only: the flags given are taken as given
     assert report["settings"] == {"repeats": 1, "eval_repeats": 1, "warmup": 1, "profile": 2, "min_seconds": 0.05}
-    assert "other" in sine["eval_ops_s"] and any(k.startswith("aten::") for k in sine["eval_ops_s"])
-    assert sum(sine["eval_ops_s"].values()) > 0
+    for ops in ("eval_ops_s", "train_ops_s"):  # operators by self time, named as torch.profiler names them
+        assert "other" in sine[ops] and any(k.startswith("aten::") for k in sine[ops]) and sum(sine[ops].values()) > 0
+    assert "2 training steps (plain), self time by operator: aten::" in proc.stdout
     # the machine is named beside its figures: the CPU type, and whether its bfloat16 is native (hardware.py)
     native, why = native_bf16(torch.device("cpu"))
     assert report["device"].endswith(cpu_name()) and report["native_bf16"] == [native, why]
@@ -427,11 +428,12 @@ def test_the_profiles_run_the_variant_asked(monkeypatch):
     """--profile-variant: the time split and the operator profile build that variant's config, not plain's."""
     bench, seen = script("benchmark"), []
     monkeypatch.setattr(bench, "profile_split", lambda exp, steps: seen.append(exp.cfg) or {"inner loop": 1.0})
-    monkeypatch.setattr(bench, "operator_split", lambda exp, tasks: seen.append(exp.cfg) or {"other": 1.0})
+    monkeypatch.setattr(bench, "evaluation_ops", lambda exp, tasks: seen.append(exp.cfg) or {"other": 1.0})
+    monkeypatch.setattr(bench, "training_ops", lambda exp, steps: seen.append(exp.cfg) or {"other": 1.0})
     args = ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--repeats", "1"]
     args += ["--eval-tasks", "2", "--serial-eval-tasks", "1", "--min-seconds", "0.01", "--profile", "1"]
-    report = bench.main([*args, "--op-profile", "2", "--profile-variant", "vmap+unfused"])
-    assert [(c.grouped_tasks, c.fused_inner) for c in seen] == [(False, False)] * 2
+    report = bench.main([*args, "--op-profile", "2", "--train-op-profile", "1", "--profile-variant", "vmap+unfused"])
+    assert [(c.grouped_tasks, c.fused_inner) for c in seen] == [(False, False)] * 3
     assert report["presets"]["sine"]["profiled_variant"] == "vmap+unfused"
 
 

@@ -7,8 +7,10 @@ import torch
 from conftest import ROOT
 from hydra import compose, initialize_config_dir
 
+from reptile_exp import hardware
 from reptile_exp.experiment import build
-from reptile_exp.hardware import cpu_flags, cpu_name, native_bf16, resolve
+from reptile_exp.hardware import AUTO_COMPILE_ITERATIONS, cpu_flags, cpu_name, native_bf16, resolve
+from reptile_exp.models import MLP, MiniImageNetConvNet, OmniglotConvNet
 
 CPU = torch.device("cpu")
 
@@ -53,15 +55,51 @@ def test_auto_resolves_on_this_machine_and_explicit_values_pass_through():
     assert (compile, precision) == ("none", "bf16" if native else "highest")
     assert chosen.startswith(f"precision=auto -> {precision} (") and "compile=auto -> none" in chosen
     assert resolve(CPU, "inductor", "bf16") == ("inductor", "bf16", None)
+    assert resolve(CPU, "none", "highest", model=MLP(), iterations=10**6) == ("none", "highest", None)
     _, precision, chosen = resolve(CPU, "none", "auto", torch.float64)  # bf16 would do nothing to a float64 run
     assert precision == "highest" and "bfloat16 applies to float32 runs only" in chosen
 
 
-def test_a_run_with_auto_uses_and_logs_what_auto_chose(caplog):
+LONG = AUTO_COMPILE_ITERATIONS
+
+
+@pytest.mark.parametrize(
+    "native,dtype,model,iterations,expected",
+    [
+        (True, torch.float32, OmniglotConvNet(), LONG, ("inductor", "bf16")),  # measured faster in both
+        (True, torch.float32, OmniglotConvNet(), LONG - 1, ("none", "bf16")),  # too short to win the compile back
+        (False, torch.float32, OmniglotConvNet(), LONG, ("none", "highest")),  # float32: evaluation slower compiled
+        (True, torch.float32, MiniImageNetConvNet(), LONG, ("none", "bf16")),  # inductor slower for it
+        (True, torch.float32, MLP(), LONG, ("inductor", "highest")),  # bfloat16 slower for the sine MLP
+        (False, torch.float32, MLP(), 0, ("none", "highest")),  # evaluate_only and short runs stay eager
+        (True, torch.float64, OmniglotConvNet(), LONG, ("none", "highest")),  # bfloat16 does nothing to float64
+        (True, torch.float32, torch.nn.Linear(2, 2), LONG, ("none", "bf16")),  # a model nobody measured
+    ],
+    ids=["omniglot", "short", "omniglot-no-bf16", "miniimagenet", "sine", "sine-short", "float64", "unmeasured"],
+)
+def test_auto_picks_what_was_measured_faster_on_a_cpu(monkeypatch, native, dtype, model, iterations, expected):
+    """The rule of hardware.resolve on both kinds of CPU: this machine has one, so the flags' verdict is stood in
+    for (native_bf16 itself is tested on cpuinfo files above)."""
+    monkeypatch.setattr(hardware, "native_bf16", lambda device: (native, "stand-in"))
+    compile, precision, chosen = resolve(CPU, "auto", "auto", dtype, model, iterations)
+    assert (compile, precision) == expected
+    assert f"precision=auto -> {precision} (" in chosen and f"compile=auto -> {compile} (" in chosen
+    assert resolve(torch.device("cuda"), "auto", "highest", dtype, model, 0)[0] == "cudagraphs"
+
+
+@pytest.mark.parametrize(
+    "overrides,convolutional", [([], False), (["experiment=omniglot_5w1s", "synthetic_data=true"], True)]
+)
+def test_a_run_with_auto_uses_and_logs_what_auto_chose(caplog, overrides, convolutional):
+    """The sine default (30,000 iterations of the MLP) and Omniglot (100,000) built with both on auto: the learner
+    runs what the logged line says."""
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", ["logger.mode=disabled", "device=cpu", "precision=auto", "compile=auto"])
+        cfg = compose("train", [*overrides, "logger.mode=disabled", "device=cpu", "precision=auto", "compile=auto"])
     with caplog.at_level(logging.INFO, logger="reptile_exp"):
         exp = build(cfg)
     native = native_bf16(CPU)[0]
-    assert exp.learner.autocast is native and exp.learner._fast_grad is None
-    assert "precision=auto -> " in caplog.text
+    bf16 = native and convolutional  # sine's MLP stays float32
+    assert exp.learner.autocast is bf16 and "precision=auto -> " + ("bf16" if bf16 else "highest") in caplog.text
+    compiled = bf16 or not convolutional  # Omniglot compiled in bfloat16 only, sine in float32
+    assert (exp.learner._fast_grad is not None) is compiled
+    assert "compile=auto -> " + ("inductor" if compiled else "none") in caplog.text
