@@ -93,7 +93,7 @@ def resolve(
         elif iterations < AUTO_COMPILE_ITERATIONS:
             compile, reason = "none", f"on cpu, {iterations:,} iterations: fewer than {AUTO_COMPILE_ITERATIONS:,}"
         elif precision not in getattr(model, "auto_inductor_on_cpu", ()):
-            compile, reason = "none", f"on cpu: inductor was not faster for {type(model).__name__} at {precision}"
+            compile, reason = "none", f"on cpu: inductor not measured faster for {type(model).__name__} at {precision}"
         else:
             compile, reason = "inductor", f"on cpu, {iterations:,} iterations of {type(model).__name__} at {precision}"
         chosen.append(f"compile=auto -> {compile} ({reason})")
