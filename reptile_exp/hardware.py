@@ -56,6 +56,16 @@ def native_bf16(device: torch.device, cpuinfo: Path = CPUINFO) -> tuple[bool, st
     return False, f"{torch.backends.cpu.get_cpu_capability()} without AVX512-BF16 or AMX-BF16"
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor builds CPU kernels with (the CXX environment variable, else g++), or None."""
+    from torch._inductor import cpp_builder, exc  # imported here: heavy, and only compile needs it
+
+    try:
+        return cpp_builder.get_cpp_compiler()
+    except (exc.InvalidCxxCompiler, OSError):  # OSError: CXX names something that cannot be run
+        return None
+
+
 # compile=auto compiles a CPU run from this many outer iterations: inductor's compile takes a minute or more on two
 # cores, which a shorter run would not win back
 AUTO_COMPILE_ITERATIONS = 10_000
@@ -75,7 +85,7 @@ def resolve(
     (`auto_bf16 = False`: the sine MLP), else highest (autocast leaves float64 as it is). compile=auto: cudagraphs on
     CUDA (the paper's models launch many tiny kernels per step); on a CPU inductor for a training of
     AUTO_COMPILE_ITERATIONS or more under a precision the model lists in `auto_inductor_on_cpu` (where it was
-    measured faster, docs/benchmarks.md), none otherwise."""
+    measured faster, docs/benchmarks.md) when a C++ compiler is there, none otherwise."""
     chosen = []
     if precision == "auto":
         native, why = native_bf16(device)
@@ -94,6 +104,8 @@ def resolve(
             compile, reason = "none", f"on cpu, {iterations:,} iterations: fewer than {AUTO_COMPILE_ITERATIONS:,}"
         elif precision not in getattr(model, "auto_inductor_on_cpu", ()):
             compile, reason = "none", f"on cpu: inductor not measured faster for {type(model).__name__} at {precision}"
+        elif cpp_compiler() is None:
+            compile, reason = "none", "on cpu: inductor needs a C++ compiler, none found (CXX, g++)"
         else:
             compile, reason = "inductor", f"on cpu, {iterations:,} iterations of {type(model).__name__} at {precision}"
         chosen.append(f"compile=auto -> {compile} ({reason})")

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_train
 from hydra import compose, initialize_config_dir
 
 from reptile_exp import hardware
@@ -103,3 +103,34 @@ def test_a_run_with_auto_uses_and_logs_what_auto_chose(caplog, overrides, convol
     compiled = bf16 or not convolutional  # Omniglot compiled in bfloat16 only, sine in float32
     assert (exp.learner._fast_grad is not None) is compiled
     assert "compile=auto -> " + ("inductor" if compiled else "none") in caplog.text
+
+
+@pytest.mark.parametrize("cxx", ["no-such-c++", "."], ids=["missing", "not-a-program"])
+def test_without_a_cpp_compiler_inductor_is_refused_in_one_line(tmp_path, cxx):
+    """A machine without g++ (here: CXX naming no compiler, which inductor reads): compile=inductor on a CPU would
+    fail at the first step with inductor's traceback, so it is refused before any work."""
+    fast = ["logger.mode=disabled", "progress=false", "device=cpu", "iterations=2", "eval_every=0", "eval_tasks=2"]
+    run_dir = tmp_path / "refused"
+    proc = run_train(
+        tmp_path, *fast, "compile=inductor", f"hydra.run.dir={run_dir}", check=False, CXX=str(tmp_path / cxx)
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and "error: compile=inductor on a CPU needs a C++ compiler and none was found" in errors[0]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("cxx", ["/nonexistent/c++", "/"], ids=["missing", "not-a-program"])
+def test_without_a_cpp_compiler_auto_stays_eager(cxx):
+    """inductor's own compiler search, pointed at no compiler: a long sine training, which auto would compile, runs
+    eagerly and says why."""
+    from torch._inductor import config, cpp_builder
+
+    cpp_builder.cpp_compiler_search.cache_clear()
+    try:
+        with config.patch({"cpp.cxx": (None, cxx)}):
+            compile, _, chosen = resolve(CPU, "auto", "highest", model=MLP(), iterations=LONG)
+    finally:
+        cpp_builder.cpp_compiler_search.cache_clear()
+    assert compile == "none" and "inductor needs a C++ compiler, none found" in chosen
+    assert resolve(CPU, "auto", "highest", model=MLP(), iterations=LONG)[0] == "inductor"  # with this machine's g++

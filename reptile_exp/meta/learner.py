@@ -27,7 +27,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..data.tasks import TaskBatch
 from ..errors import ConfigError
-from ..hardware import native_bf16
+from ..hardware import cpp_compiler, native_bf16
 from ..models import TASK_CONV, forward_tasks, task_batchable
 from .optim import Params, State
 
@@ -38,12 +38,18 @@ log = logging.getLogger(__name__)
 
 
 def check_fast_paths(device: torch.device, compile: str = "none", precision: str = "highest") -> None:
-    """One-line ConfigError for a fast path that needs a CUDA GPU on another device; a warning for bf16 on a CPU
-    without bfloat16 instructions (hardware.native_bf16), where oneDNN emulates it (Omniglot training and evaluation
-    8x to 9x slower than float32 on an AVX2-only CPU, docs/benchmarks.md)."""
+    """One-line ConfigError for a fast path that needs a CUDA GPU on another device, or inductor on a CPU without a
+    C++ compiler (it would fail at the first step); a warning for bf16 on a CPU without bfloat16 instructions
+    (hardware.native_bf16), where oneDNN emulates it (Omniglot training and evaluation 8x to 9x slower than float32 on
+    an AVX2-only CPU, docs/benchmarks.md)."""
     if device.type != "cuda" and (compile == "cudagraphs" or precision == "tf32"):
         knob = f"compile={compile}" if compile == "cudagraphs" else f"precision={precision}"
         raise ConfigError(f"{knob} is invalid on device={device.type}: it needs a CUDA GPU; leave it at its default")
+    if device.type == "cpu" and compile == "inductor" and cpp_compiler() is None:
+        raise ConfigError(
+            "compile=inductor on a CPU needs a C++ compiler and none was found (the CXX environment variable, else "
+            "g++): install g++ or leave compile=none"
+        )
     native, why = native_bf16(device) if device.type == "cpu" and precision == "bf16" else (True, "")
     if not native:
         log.warning(
