@@ -88,12 +88,12 @@ def resolve(
     measured faster, docs/benchmarks.md) when a C++ compiler is there, none otherwise."""
     chosen = []
     if precision == "auto":
-        native, why = native_bf16(device)
         if dtype != torch.float32:
             precision, reason = "highest", f"dtype {dtype}: bfloat16 applies to float32 runs only"
         elif not getattr(model, "auto_bf16", True):
             precision, reason = "highest", f"{type(model).__name__} ran slower in bfloat16"
         else:
+            native, why = native_bf16(device)
             precision = "bf16" if native else "highest"
             reason = f"{'native' if native else 'no native'} bfloat16: {why}"
         chosen.append(f"precision=auto -> {precision} ({reason})")

@@ -265,12 +265,14 @@ def table(report: dict) -> str:
             total = sum(res["profile_s"].values())
             split = ", ".join(f"{k} {1000 * v:.3g} ms ({100 * v / total:.0f}%)" for k, v in res["profile_s"].items())
             lines.append(f"one engine step ({res['profiled_variant']}): {split}")
-        for key, what in (("eval_ops", "one evaluation of {} tasks"), ("train_ops", "{} training steps")):
-            if f"{key}_s" in res:
-                total = sum(res[f"{key}_s"].values())
-                split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res[f"{key}_s"].items())
-                head = what.format(res["eval_ops_tasks" if key == "eval_ops" else "train_ops_steps"])
-                lines.append(f"{head} ({res['profiled_variant']}), self time by operator: {split}")
+        for ops, count, what in (
+            ("eval_ops_s", "eval_ops_tasks", "one evaluation of {} tasks"),
+            ("train_ops_s", "train_ops_steps", "{} training steps"),
+        ):
+            if ops in res:
+                total = sum(res[ops].values())
+                split = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in res[ops].items())
+                lines.append(f"{what.format(res[count])} ({res['profiled_variant']}), self time by operator: {split}")
     return "\n".join(lines)
 
 
