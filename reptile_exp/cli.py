@@ -12,6 +12,7 @@ import errno
 import logging
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,8 @@ def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
             atomic_write_text(out_dir / "error.txt", message + "\n")
             return penalty(cfg)
         sys.exit(1)
+    if multirun:  # it succeeded: an earlier try's error.txt is stale
+        (out_dir / "error.txt").unlink(missing_ok=True)
     if multirun and not math.isfinite(objective):  # a NaN would stop an Optuna search
         log.warning("objective %s is not finite; the sweeper gets %s", objective, penalty(cfg))
         return penalty(cfg)
@@ -95,6 +98,18 @@ def _run_dir_error(e: Exception) -> str | None:
     return None
 
 
+def _launcher_error(e: Exception) -> str | None:
+    """One line for a SLURM launcher whose sbatch fails (submitit's error, raised from sbatch's exit status)."""
+    cause = e.__cause__
+    if isinstance(cause, subprocess.CalledProcessError) and Path(str(cause.cmd[0])).name == "sbatch":
+        said = str(cause.stderr or "").strip().splitlines() or [f"exit status {cause.returncode}"]
+        return (
+            f"launcher=slurm: sbatch failed ({said[-1]}); run on a SLURM login node, with hydra.launcher.* values "
+            "its cluster accepts, or use launcher=local or launcher=joblib"
+        )
+    return None
+
+
 def _ours(e: Exception) -> str | None:
     """The line of an error of ours raised outside a job (the sweeper's checks), wrapped by Hydra or not."""
     return next((str(err) for err in (e, e.__cause__) if isinstance(err, ReptileExpError)), None)
@@ -109,7 +124,9 @@ def command_line(hydra_main: Callable[[], object]) -> None:
     try:
         hydra_main()
     except Exception as e:
-        message = None if _raised_in_task(e) else _ours(e) or composition_error(e) or _run_dir_error(e)
+        message = (
+            None if _raised_in_task(e) else _ours(e) or composition_error(e) or _run_dir_error(e) or _launcher_error(e)
+        )
         if message is None or asked == "1":
             raise
         print(f"error: {message}", file=sys.stderr)

@@ -240,6 +240,8 @@ def build(cfg: DictConfig) -> Experiment:
     if cfg.keep_host_memory and device.type == "cpu":
         keep_host_memory()
     torch.manual_seed(cfg.seed)
+    # the explicit knobs need only the device: refused before the data is read (auto picks only what works)
+    check_fast_paths(device, **{k: cfg[k].value for k in ("compile", "precision") if cfg[k].value != "auto"})
     dataset = build_dataset(cfg).to(device)
     model = build_model(cfg.model, device, dtype)
     inner = instantiate(cfg.inner_optimizer)
@@ -250,7 +252,6 @@ def build(cfg: DictConfig) -> Experiment:
     if chosen:
         log.info("%s", chosen)
     fast = {"compile": compile, "precision": precision}
-    check_fast_paths(device, fast["compile"], fast["precision"])
     set_precision(device, fast["precision"])
     learner = Learner(
         model,

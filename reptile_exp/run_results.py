@@ -13,7 +13,35 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ReptileExpError, first_line
+
 RESULT_FILES = ("summary.json", "evaluation.json")
+
+
+class DamagedFile(ReptileExpError):
+    """A run dir's file (summary.json, evaluation.json, config.yaml, metrics.jsonl) that does not parse."""
+
+
+def read_json(path: Path) -> dict:
+    """A run dir's JSON file (summary.json, evaluation.json), or DamagedFile naming it and the way out."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DamagedFile(
+            f"{path} is not valid JSON ({first_line(e)}); restore it, or delete it and run the same command again "
+            "to redo the final evaluation from the newest checkpoint"
+        ) from None
+
+
+def read_yaml(path: Path) -> dict:
+    """A run dir's config.yaml, or DamagedFile naming it."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path} cannot be read ({first_line(e)}); restore it, or use a new run dir") from None
+    if not isinstance(loaded, dict):
+        raise DamagedFile(f"{path} is not a config (a YAML mapping); restore it, or use a new run dir")
+    return loaded
 
 
 @dataclass
@@ -81,20 +109,20 @@ def _training_time(run: Path) -> tuple[float | None, str]:
         return total, ""
     summary = run / "summary.json"
     if summary.exists():
-        return json.loads(summary.read_text())["seconds"], " (with its final evaluation)"
+        return read_json(summary)["seconds"], " (with its final evaluation)"
     return None, ""
 
 
 def entries(run: Path) -> list[Entry]:
     """Every protocol's test result of a run dir (legacy runs: one, from config.yaml's knobs)."""
     result_file = next(run / f for f in RESULT_FILES if (run / f).exists())
-    result = json.loads(result_file.read_text())
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    result = read_json(result_file)
+    cfg = read_yaml(run / "config.yaml")
     training, train_seconds, note = cfg, None, ""
     if result_file.name == "evaluation.json":
         source = _checkpoint_run(run, result.get("checkpoint"))
         if source is not None and (source / "config.yaml").exists():
-            training = yaml.safe_load((source / "config.yaml").read_text())
+            training = read_yaml(source / "config.yaml")
             train_seconds, note = _training_time(source)
         else:
             note = " (the checkpoint's run dir was not found)"

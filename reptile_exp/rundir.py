@@ -6,8 +6,10 @@ id there (docs/sweeps.md); a finished run is not silently redone.
 
 from __future__ import annotations
 
-import json
+import fcntl
 import logging
+import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -16,8 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
-from .errors import ConfigError
-from .experiment import ADDED, fingerprint
+from .errors import ConfigError, first_line
+from .experiment import ADDED, DATASET_LOCATION, fingerprint
+from .run_results import read_json, read_yaml
+
+# The knobs a final evaluation's results depend on besides the trained phi (a finished run re-run with others is
+# refused, not answered with the old results)
+FINAL_EVALUATION = ("eval_tasks", "k_eval", "eval_batch", "eval_splits", "transductive", "protocols", "objective_split")
 
 log = logging.getLogger("reptile_exp")
 
@@ -34,12 +41,41 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None, str | None]:
     return name, None, name
 
 
-def run_id(out_dir: Path, state: dict | None) -> str:
-    """The W&B run id: the checkpoint's, else the one this output dir already used, else new."""
-    path = out_dir / "wandb_run_id"
-    if state is not None:
+def claim(out_dir: Path) -> None:
+    """Hold an exclusive lock on out_dir for the rest of this process: a second run started in the same run dir (two
+    commands launched in the same second, the same command twice) is refused instead of mixing both runs' files. The
+    lock goes with the process, however it ends; a file system without locks is warned about and not locked."""
+    global _claimed
+    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} is in use by another run ({holder}); wait for it to end, or set hydra.run.dir "
+            "to another folder"
+        ) from None
+    except OSError as e:
+        log.warning("cannot lock %s (%s): nothing stops a second run from writing into it", out_dir, first_line(e))
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _claimed = fd  # kept open (and locked) until the process ends
+
+
+_claimed: int | None = None
+
+
+def run_id(out_dir: Path, state: dict | None, path: Path | None = None) -> str:
+    """The W&B run id: that of the checkpoint `state` (from `path`) when it is this run dir's own, else the one this
+    run dir already used, else new: a run resumed from another run dir's checkpoint gets its own W&B run."""
+    own_checkpoint = path is not None and Path(path).resolve().parent == (out_dir / "checkpoints").resolve()
+    if state is not None and (path is None or own_checkpoint):
         return state["wandb_run_id"]
-    if path.exists():
+    path = out_dir / "wandb_run_id"
+    if path.exists() and path.read_text().strip():
         return path.read_text().strip()
     new = uuid.uuid4().hex[:12]
     atomic_write_text(path, new + "\n")
@@ -93,6 +129,20 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
     return state, path
 
 
+def restore(exp, state: dict, path: Path, training: bool) -> None:
+    """exp.load_state_dict(state), with a checkpoint whose fingerprint matches but whose entries do not fit this run
+    (renamed or resized weights, a missing entry) refused in one line."""
+    try:
+        exp.load_state_dict(state, training=training)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        words = " ".join(str(e).split())  # torch's state_dict errors put their reason on the second line
+        reason = f"no {e} entry" if isinstance(e, KeyError) else words[:160] + "..." * (len(words) > 160)
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} does not fit this run ({reason}); pass a checkpoint this config wrote, or start a new "
+            "run dir (hydra.run.dir=...)"
+        ) from None
+
+
 def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
     """evaluate_only=true must not write into a training run's dir: its config.yaml, metrics and W&B run would be
     the evaluation's."""
@@ -100,11 +150,45 @@ def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
         return
     written = out_dir / "config.yaml"  # a training run's from its start (an evaluation's dir has one too)
     trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
-    if trained or (written.exists() and not OmegaConf.load(written).get("evaluate_only", False)):
+    if trained or (written.exists() and not read_yaml(written).get("evaluate_only", False)):
         raise ConfigError(
             f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "
             f"hydra.run.dir to a new folder (checkpoint={out_dir} evaluates this run)"
         )
+
+
+def finished_evaluation(cfg: DictConfig, out_dir: Path) -> float | None:
+    """An evaluate-only run dir that holds a finished evaluation: the same evaluation again returns its objective;
+    another one is refused unless overwrite=true (it would replace evaluation.json)."""
+    result = out_dir / "evaluation.json"
+    if not cfg.evaluate_only or cfg.overwrite or not result.exists():
+        return None
+    diff = _changed(cfg, out_dir, ("checkpoint", "seed", "dataset", "model", *FINAL_EVALUATION))
+    if diff:
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} holds another evaluation ({diff}); set hydra.run.dir to a new folder, or "
+            "overwrite=true to replace it"
+        )
+    log.info("this evaluation already finished; its results are in %s (overwrite=true to redo it)", result)
+    return read_json(result)["objective"]
+
+
+def _changed(cfg: DictConfig, out_dir: Path, keys: tuple[str, ...]) -> str | None:
+    """The first of `keys` whose value in cfg differs from the run dir's config.yaml ("key=<recorded> (this command
+    gives <cfg's>)"), the dataset's location aside; None when they agree or the run dir has no config.yaml."""
+    written = out_dir / "config.yaml"
+    if not written.exists():
+        return None
+    recorded = read_yaml(written)
+    for key in keys:
+        mine = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key]), resolve=True, enum_to_str=True)[key]
+        theirs = recorded.get(key)
+        if key == "dataset":
+            mine, theirs = ({k: v for k, v in d.items() if k not in DATASET_LOCATION} for d in (mine, theirs or {}))
+        diff = ckpt.first_difference(mine, theirs, f"{key}.")
+        if diff:
+            return diff.replace("this run has", "this command gives").replace("the checkpoint has", "the run dir has")
+    return None
 
 
 def _skip_unrecorded(mine: dict, theirs: dict, path: Path) -> None:
@@ -139,9 +223,17 @@ def finished_objective(cfg: DictConfig, out_dir: Path, state: dict | None) -> fl
     summary_path = out_dir / "summary.json"
     if cfg.evaluate_only or cfg.overwrite or not summary_path.exists():
         return None
-    summary = json.loads(summary_path.read_text())
+    summary = read_json(summary_path)
     pruned = state is not None and summary.get("pruned_at") == state["iteration"]
-    if pruned or (state is not None and state["finished"] and state["iteration"] == cfg.iterations):
+    finished = state is not None and state["finished"] and state["iteration"] == cfg.iterations
+    diff = None if pruned or not finished else _changed(cfg, out_dir, FINAL_EVALUATION)
+    if diff:
+        raise ConfigError(
+            f"{out_dir} holds a finished run evaluated otherwise ({diff}); evaluate its checkpoint in a new folder "
+            f"(evaluate_only=true checkpoint={out_dir} hydra.run.dir=<new folder>), or set overwrite=true to redo its "
+            "final evaluation here"
+        )
+    if pruned or finished:
         log.info(
             "this run already %s; its results are in %s (overwrite=true to redo them)",
             "was pruned" if pruned else "finished",

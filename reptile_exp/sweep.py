@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_text
 from .checkpoint import PATTERN
+from .errors import first_line
+from .run_results import DamagedFile, read_json
 
 log = logging.getLogger(__name__)
 FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
@@ -36,22 +40,29 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, str(d)))
 
 
-def overrides(job_dir: Path) -> dict[str, str]:
-    """The job's command-line overrides (`key=value`; Hydra's `+`, `++` and `~` prefixes dropped)."""
-    items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+def as_dict(items: list[str]) -> dict[str, str]:
+    """Overrides `key=value` as a dict (Hydra's `+`, `++` and `~` prefixes dropped)."""
     return dict((item.lstrip("+~").split("=", 1) + [""])[:2] for item in items)
 
 
+def overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides."""
+    return as_dict(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+
+
 def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
-    """Overrides, status (finished, pruned, failed, incomplete) and final metrics of one job; pruned: stopped by an
-    Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the last periodic
-    evaluation's."""
+    """Overrides, status (finished, pruned, failed, incomplete, damaged) and final metrics of one job; pruned:
+    stopped by an Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the
+    last periodic evaluation's; damaged: its summary does not parse (the error says which file)."""
     row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), **overrides(job_dir)}
     error = job_dir / "error.txt"
     # a training job's summary, or an evaluate_only job's
     summary = next((p for p in (job_dir / "summary.json", job_dir / "evaluation.json") if p.exists()), None)
-    if summary is not None:
-        s = json.loads(summary.read_text())
+    try:
+        s = None if summary is None else read_json(summary)
+    except DamagedFile as e:
+        s, row["status"], row["error"] = None, "damaged", str(e)
+    if s is not None:
         row.update(
             status="pruned" if "pruned_at" in s else "finished",
             objective_name=s["objective_name"],
@@ -61,13 +72,13 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
             row.update({f"{split}/{k}": v for k, v in result.items() if not isinstance(v, (list, dict))})
         row.update(iteration=s["iterations"], seconds=round(s["seconds"], 1))
     else:
-        row["status"] = "failed" if error.exists() else "incomplete"
+        row.setdefault("status", "failed" if error.exists() else "incomplete")
         done = [int(m.group(1)) for p in (job_dir / "checkpoints").glob("ckpt-*.pt") if (m := PATTERN.search(p.name))]
         row["iteration"] = max(done, default=0)
     if (job_dir / "wandb_run_id").exists():
         row["wandb_run_id"] = (job_dir / "wandb_run_id").read_text().strip()
     if error.exists():
-        row["error"] = error.read_text().strip()
+        row.setdefault("error", error.read_text().strip())
     return row
 
 
@@ -118,8 +129,9 @@ def best(rows: list[dict]) -> dict | None:
 
 
 def markdown(sweep_dir: Path, rows: list[dict], swept: list[str], common: list[str], columns: list[str]) -> str:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "pruned", "failed", "incomplete")}
-    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s != "pruned")  # pruned: in Optuna sweeps
+    states = ("finished", "pruned", "failed", "damaged", "incomplete")
+    counts = {s: sum(r["status"] == s for r in rows) for s in states}
+    tally = ", ".join(f"{n} {s}" for s, n in counts.items() if n or s not in ("pruned", "damaged"))  # pruned: Optuna
     lines = [f"# Sweep {sweep_dir.name}", "", f"{len(rows)} jobs: {tally}"]
     if common and rows:
         lines += ["", "Common overrides: " + " ".join(f"`{k}={rows[0].get(k)}`" for k in common)]
@@ -196,14 +208,62 @@ def unfinished(sweep_dir: Path) -> str | None:
     return f"{len(bad)} of {len(rows)} jobs failed or did not finish: {named}; see {sweep_dir / 'sweep_summary.md'}"
 
 
+def _changed(ran: dict[str, str], gets: dict[str, str]) -> str:
+    keys = [k for k in dict.fromkeys([*ran, *gets]) if ran.get(k) != gets.get(k)]
+    side = lambda o: " ".join(f"{k}={o[k]}" if k in o else f"no {k}" for k in keys)  # noqa: E731
+    return f"ran {side(ran)}, this sweep gives it {side(gets)}"
+
+
+def refusal(config: DictConfig) -> str | None:
+    """Why a multirun must not start (a joblib launcher with n_jobs=0; a basic sweep of no jobs, or into a sweep
+    dir whose job dirs ran other overrides), or None; checked before Hydra writes any job dir."""
+    launcher = config.hydra.launcher
+    if launcher._target_.endswith(".JoblibLauncher") and launcher.get("n_jobs") == 0:
+        return "hydra.launcher.n_jobs=0 is invalid: give a number of parallel jobs >= 1 (or -1: one per CPU core)"
+    if not config.hydra.sweeper._target_.endswith(".BasicSweeper"):
+        return None  # Optuna's sweeper draws its jobs as it goes
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create(GlobalHydra.instance().config_loader()).parse_overrides(
+        [*params, *OmegaConf.to_container(config.hydra.overrides.task)]
+    )
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    if not jobs:
+        empty = next(o.input_line for o in parsed if o.is_sweep_override() and not list(o.sweep_string_iterator()))
+        hint = "; range(start, stop) counts up and stops before stop: count down with step=-1"
+        return f"the sweep has no jobs: {empty} has no values{hint if 'range(' in empty else ''}"
+    sweep_dir = Path(config.hydra.sweep.dir)
+    for num, job in enumerate(jobs):
+        ran = sweep_dir / str(num)
+        if (ran / ".hydra" / "overrides.yaml").exists() and overrides(ran) != as_dict(job):
+            changed = _changed(overrides(ran), as_dict(job))
+            return (
+                f"hydra.sweep.dir={sweep_dir} holds another sweep (job {num} {changed}); "
+                "re-run that sweep's exact command to resume it, or set hydra.sweep.dir to a new folder"
+            )
+    return None
+
+
 class SweepSummary(Callback):
-    """Hydra callback: summarize the sweep dir when a multirun ends (any launcher or sweeper); then, if a job failed
-    or did not finish, end the command with exit status 1 and a last line that names those jobs."""
+    """Hydra callback: refuse a multirun that must not start (`refusal`); summarize the sweep dir when a multirun
+    ends (any launcher or sweeper), then, if a job failed or did not finish, end the command with exit status 1 and
+    a last line that names those jobs. It raises SystemExit: Hydra turns a callback's exception into a warning."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problem = refusal(config)
+        if problem is not None:
+            raise SystemExit(f"error: {problem}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        written = summarize(sweep_dir)
+        try:
+            written = summarize(sweep_dir)
+            failed = unfinished(sweep_dir)
+        except Exception as e:
+            log.exception("the sweep summary failed")
+            raise SystemExit(
+                f"error: cannot summarize {sweep_dir} ({first_line(e)}); fix what the traceback above names, then "
+                f"run python scripts/summarize_sweep.py {sweep_dir}"
+            ) from e
         log.info("sweep summary: %s", ", ".join(str(p) for p in written.values()))
-        failed = unfinished(sweep_dir)
         if failed is not None:
             raise SystemExit(f"error: {failed}")  # after every job ran and the summary exists

@@ -142,18 +142,25 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     rank = distributed.setup(cfg.device.value, cfg.meta_batch)
     out_dir = Path(distributed.from_rank0(str(out_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        rundir.claim(out_dir)
     rundir.refuse_training_dir(cfg, out_dir)
+    evaluated = rundir.finished_evaluation(cfg, out_dir)
+    if evaluated is not None:
+        return evaluated
     exp = build(cfg)
     protocols.parse(cfg, exp.dataset)  # eval_splits and protocols against the data: refused now, not after training
     checkpointer = ckpt.Checkpointer(out_dir / "checkpoints", cfg.keep_checkpoints)
     state, path = rundir.load_for(cfg, checkpointer, cfg.evaluate_only)
     if state is not None:
-        exp.load_state_dict(state, training=not cfg.evaluate_only)
+        rundir.restore(exp, state, path, training=not cfg.evaluate_only)
         log.info("loaded %s (iteration %d)", path, state["iteration"])
     finished = rundir.finished_objective(cfg, out_dir, state)
     if finished is not None:
         return finished
     fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
+    if not cfg.evaluate_only:  # a training task too small for inner_batch: refused now, not at the first step
+        exp.dataset.sample_train(1, cfg.k, cfg.inner_batch, torch.Generator().manual_seed(0), cfg.replacement)
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank != 0:  # the other ranks only share the meta-training
         if not cfg.evaluate_only:
@@ -163,7 +170,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
         return report.penalty(cfg)  # never read: launchers take rank 0's objective
     if not cfg.evaluate_only:
         MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
-    run_id = rundir.run_id(out_dir, None if cfg.evaluate_only else state)
+    run_id = rundir.run_id(out_dir, None if cfg.evaluate_only else state, path)
     name, group, job_type = rundir.run_identity(cfg)
     start = time.time()
     with (

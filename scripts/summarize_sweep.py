@@ -23,16 +23,20 @@ def arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def not_a_sweep(sweep_dir: Path) -> str | None:
+    """Why sweep_dir is no sweep dir to summarize, or None."""
+    if (sweep_dir / ".hydra" / "overrides.yaml").exists():
+        return "is a run dir, not a sweep dir"
+    return None if job_dirs(sweep_dir) else "holds no jobs (no */.hydra/overrides.yaml)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
     for sweep_dir in args.sweep_dirs:
-        if not job_dirs(sweep_dir):
-            print(
-                f"error: {sweep_dir} holds no jobs (no */.hydra/overrides.yaml); pass a multirun dir "
-                "(outputs/multiruns/<date>_<time>)",
-                file=sys.stderr,
-            )
+        why = not_a_sweep(sweep_dir)
+        if why is not None:
+            print(f"error: {sweep_dir} {why}; pass a multirun dir (outputs/multiruns/<date>_<time>)", file=sys.stderr)
             return 1
         for path in summarize(sweep_dir).values():
             print(path)

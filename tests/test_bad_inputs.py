@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -142,7 +143,21 @@ CASES = [
     ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
     ("ckpt_hostile", ["resume={ckpt_hostile}"], "refused: loading it could run code"),
     ("ckpt_model", ["resume={ckpt}"], "model.hidden: this run has [64, 64], the checkpoint has [8, 8]"),
+    # the same fingerprint, entries that do not fit: renamed weights, a missing entry
+    ("ckpt_renamed", ["model.hidden=[8,8]", "resume={ckpt_renamed}"], "does not fit this run (Error(s) in loading"),
+    ("ckpt_no_outer", ["model.hidden=[8,8]", "resume={ckpt_no_outer}"], "does not fit this run (no 'outer_optimizer'"),
+    # refused before the data is read or the run dir written (test_refused_before_the_data_and_the_run_dir)
+    ("tf32_before_data", ["dataset=omniglot", "dataset.root={tmp}/nowhere", "precision=tf32"], "precision=tf32 is"),
+    ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),
+    # a damaged file in the run dir
+    ("summary_damaged", ["model.hidden=[8,8]", "hydra.run.dir={summary_damaged}"], "summary.json is not valid JSON"),
+    (
+        "config_damaged",
+        ["evaluate_only=true", "checkpoint=init", "hydra.run.dir={config_damaged}"],
+        "config.yaml cannot be read",
+    ),
 ]
+EARLY = ["tf32_before_data", "inner_batch"]
 
 
 def build_omniglot(base: Path) -> dict[str, Path]:
@@ -206,6 +221,15 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
     paths = {"ckpt": ckpt, "ckpt_truncated": base / "ckpt_truncated.pt", "ckpt_hostile": base / "ckpt_hostile.pt"}
     paths["ckpt_truncated"].write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     torch.save({"phi": Payload(base / "pwned_by_checkpoint")}, paths["ckpt_hostile"])
+    state = torch.load(ckpt, weights_only=True)
+    paths["ckpt_renamed"], paths["ckpt_no_outer"] = base / "ckpt_renamed.pt", base / "ckpt_no_outer.pt"
+    torch.save({**state, "phi": {f"x{n}": p for n, p in state["phi"].items()}}, paths["ckpt_renamed"])
+    torch.save({k: v for k, v in state.items() if k != "outer_optimizer"}, paths["ckpt_no_outer"])
+    for name, damaged in (("summary_damaged", "summary.json"), ("config_damaged", "config.yaml")):
+        paths[name] = shutil.copytree(base / "ckpt_run", base / name)
+        (paths[name] / damaged).write_text((paths[name] / damaged).read_text()[:40] + "\n: [")
+    (paths["config_damaged"] / "summary.json").unlink()  # an evaluation's dir: no training results
+    shutil.rmtree(paths["config_damaged"] / "checkpoints")
     return paths
 
 
@@ -250,6 +274,21 @@ def test_bad_input_fails_with_one_line(outcomes, name, phrase):
     run_dir = outcomes["_runs"] / name
     trained = [*run_dir.glob("checkpoints/ckpt-*.pt"), *run_dir.glob("metrics.jsonl")]
     assert not trained, f"refused only after training: {trained}\n{output}"
+
+
+@pytest.mark.parametrize("name", EARLY)
+def test_refused_before_the_data_and_the_run_dir(outcomes, name):
+    """Checks that need only the config (or one sampled task) come before the dataset's missing root and before the
+    run dir's config.yaml and W&B run."""
+    assert not (outcomes["_runs"] / name / "config.yaml").exists(), outcomes[name].stderr
+    assert "nowhere" not in outcomes[name].stderr
+
+
+def test_the_damaged_files_are_left_as_they_were(outcomes):
+    runs = outcomes["_runs"].parent
+    assert (runs / "summary_damaged" / "summary.json").read_text().endswith(": [")
+    assert (runs / "config_damaged" / "config.yaml").read_text().endswith(": [")
+    assert not (runs / "config_damaged" / "evaluation.json").exists()
 
 
 def test_the_refusals_name_their_fix_and_leave_the_training_dir_as_it_was(outcomes):

@@ -51,11 +51,11 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
-    """Every result file of a run dir (Hydra's own .hydra/ and the job log excepted)."""
+    """Every result file of a run dir (Hydra's own .hydra/, the job log and the lock of the run holding it excepted)."""
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))
-        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"
+        if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log" and p.name != ".lock"
     }
 
 

@@ -3,6 +3,7 @@ sweep, the sweep summary and the launcher presets. The Optuna search: tests/test
 
 import csv
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -15,6 +16,15 @@ import reptile_exp.train  # noqa: F401  (registers the config schema)
 
 TINY = ["iterations=4", "log_every=2", "checkpoint_every=4", "eval_every=0", "eval_tasks=4", "k_eval=2"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread per process on this shared CPU
+SMOKE = [
+    "debug=smoke",
+    "iterations=2",
+    "eval_tasks=2",
+    "k_eval=1",
+    "eval_every=0",
+    "logger.mode=disabled",
+    "progress=false",
+]
 
 
 def read_csv(path):
@@ -89,13 +99,18 @@ def test_2x2_sweep_with_a_parallel_launcher(tmp_path, launcher):
     check_2x2(sweep_2x2(tmp_path, launcher))
 
 
+def summarize_script(tmp_path, directory):
+    script = ROOT / "scripts" / "summarize_sweep.py"
+    env = clean_env(tmp_path)
+    return subprocess.run([sys.executable, script, directory], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
 def test_summary_script_rewrites_the_summary_of_a_sweep_dir(basic_sweep, tmp_path):
     sweep = tmp_path / "copy"
     shutil.copytree(basic_sweep, sweep)
     for name in ("sweep_summary.csv", "sweep_summary.md", "sweep_summary.png"):
         (sweep / name).unlink()
-    script = [sys.executable, str(ROOT / "scripts" / "summarize_sweep.py")]
-    out = subprocess.run([*script, str(sweep)], cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
+    out = summarize_script(tmp_path, sweep)
     assert out.returncode == 0, out.stderr
     assert (sweep / "sweep_summary.csv").read_text() == (basic_sweep / "sweep_summary.csv").read_text()
     title = f"# Sweep {basic_sweep.name}\n"  # the dir's name; the rest is the table the sweep wrote
@@ -104,8 +119,130 @@ def test_summary_script_rewrites_the_summary_of_a_sweep_dir(basic_sweep, tmp_pat
     assert (sweep / "sweep_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = tmp_path / "empty"
     empty.mkdir()
-    bad = subprocess.run([*script, str(empty)], cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
+    bad = summarize_script(tmp_path, empty)
     assert bad.returncode == 1 and "holds no jobs" in bad.stderr and "\n" == bad.stderr[-1]
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """A finished k=1,2 smoke sweep; a test changes a copy of it (sweep_copy)."""
+    sweep = tmp_path_factory.mktemp("smoke") / "sweep"
+    run_train(sweep.parent, *SMOKE, "k=1,2", f"hydra.sweep.dir={sweep}", multirun=True, **ONE_THREAD)
+    return sweep
+
+
+def sweep_copy(smoke_sweep, tmp_path):
+    shutil.copytree(smoke_sweep, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+def sweep_into(tmp_path, sweep, *overrides: str, **env: str):
+    """A smoke multirun into `sweep` (k=1,2 when no override is given: the smoke sweep's command)."""
+    overrides = overrides or ("k=1,2",)
+    args = [*SMOKE, *overrides, f"hydra.sweep.dir={sweep}"]
+    return run_train(tmp_path, *args, multirun=True, check=False, **ONE_THREAD, **env)
+
+
+def files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_another_sweep_into_a_used_sweep_dir_is_refused_before_hydra_writes_a_job_dir(smoke_sweep, tmp_path):
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    before = files(sweep)
+    out = sweep_into(tmp_path, sweep, "k=3,4")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"error: hydra.sweep.dir={sweep} holds another sweep (job 0 ran k=1, this sweep gives it k=3); re-run that "
+        "sweep's exact command to resume it, or set hydra.sweep.dir to a new folder"
+    )
+    assert files(sweep) == before  # the jobs' .hydra/overrides.yaml still say what they ran; no error.txt
+    swapped = sweep_into(tmp_path, sweep, "k=1", "seed=0,1")  # job 0 the same but for a knob it did not set
+    assert swapped.returncode == 1 and "(job 0 ran no seed, this sweep gives it seed=0)" in swapped.stderr
+
+
+def test_a_resumed_job_that_succeeds_drops_the_error_of_its_failed_try(smoke_sweep, tmp_path):
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    (sweep / "0" / "summary.json").unlink()  # job 0 failed before its final evaluation
+    (sweep / "0" / "error.txt").write_text("an earlier try's error\n")
+    out = sweep_into(tmp_path, sweep)  # the same command again: a resume
+    assert out.returncode == 0, out.stderr
+    assert not (sweep / "0" / "error.txt").exists()
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["finished", "finished"] and "error" not in rows[0]
+
+
+def test_a_damaged_summary_is_a_damaged_job_of_a_failed_sweep(smoke_sweep, tmp_path):
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    summary = sweep / "1" / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # what an interrupted copy leaves
+    out = sweep_into(tmp_path, sweep)  # the same command again: job 1 cannot read its result
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "UserWarning" not in out.stderr
+    assert out.stderr.splitlines()[-1].startswith("error: 1 of 2 jobs failed or did not finish: job 1 (")
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["finished", "damaged"]
+    assert rows[1]["error"].startswith(f"{summary} is not valid JSON (Unterminated string")
+    assert "2 jobs: 1 finished, 0 failed, 1 damaged, 0 incomplete" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_the_summary_script_refuses_a_run_dir(smoke_sweep, tmp_path):
+    run_dir = smoke_sweep / "0"
+    out = summarize_script(tmp_path, run_dir)
+    assert out.returncode == 1 and out.stderr == (
+        f"error: {run_dir} is a run dir, not a sweep dir; pass a multirun dir (outputs/multiruns/<date>_<time>)\n"
+    )
+    assert not list(run_dir.glob("sweep_summary.*"))
+
+
+def test_a_sweep_summary_that_cannot_be_written_fails_the_sweep(smoke_sweep, tmp_path):
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    (sweep / "sweep_summary.md").unlink()
+    (sweep / "sweep_summary.md").mkdir()  # Hydra turns a callback's exception into a warning: exit 0
+    out = sweep_into(tmp_path, sweep)
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1].startswith(f"error: cannot summarize {sweep} (")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["k=range(5,1)"],
+            "the sweep has no jobs: k=range(5,1) has no values; range(start, stop) counts up and stops before stop: "
+            "count down with step=-1",
+        ),
+        (
+            ["k=1,2", "launcher=joblib", "hydra.launcher.n_jobs=0"],
+            "hydra.launcher.n_jobs=0 is invalid: give a number of parallel jobs >= 1 (or -1: one per CPU core)",
+        ),
+    ],
+    ids=["empty-range", "joblib-n_jobs=0"],
+)
+def test_a_sweep_that_cannot_run_is_refused_before_it_writes_anything(tmp_path, overrides, message):
+    out = sweep_into(tmp_path, tmp_path / "sweep", *overrides)
+    assert out.returncode == 1 and out.stderr.splitlines()[-1] == f"error: {message}", out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "sweep").exists()
+
+
+def test_a_slurm_sweep_whose_sbatch_reaches_no_controller_ends_in_one_line(tmp_path):
+    """The real sbatch (no shim), its slurm.conf naming a controller on a port where none listens."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("sbatch is not installed (apt-get install slurm-client)")
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        f"ClusterName=none\nSlurmctldHost=localhost\nSlurmctldPort={port}\nGresTypes=gpu\nMessageTimeout=1\n"
+    )
+    out = sweep_into(tmp_path, tmp_path / "sweep", "k=1,2", "launcher=slurm", SLURM_CONF=str(conf))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    line = out.stderr.splitlines()[-1]
+    assert line.startswith("error: launcher=slurm: sbatch failed (sbatch: ") and "Unable to contact" in line
+    assert line.endswith(
+        "; run on a SLURM login node, with hydra.launcher.* values its cluster accepts, or use launcher=local or "
+        "launcher=joblib"
+    )
 
 
 def compose_hydra(*overrides: str):

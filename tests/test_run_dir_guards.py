@@ -1,0 +1,96 @@
+"""What a run dir already holds is not lost to a later command (reptile_exp/rundir.py), through the real command line:
+a run dir in use by another process, runs started in the same second, a finished run or evaluation asked for
+another evaluation, and a run resumed from another run dir's checkpoint (its own W&B run)."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, clean_env, run_train, train_cmd
+
+TINY = ["debug=smoke", "iterations=2", "eval_every=0", "eval_tasks=2", "k_eval=1", "progress=false"]
+
+
+def one_error(proc: subprocess.CompletedProcess) -> str:
+    """The single `error: ...` line of a refused run (exit 1, no traceback)."""
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, output
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny training run."""
+    base = tmp_path_factory.mktemp("guards")
+    run_train(base, *TINY, "logger.mode=disabled", f"hydra.run.dir={base / 'trained'}")
+    return base / "trained"
+
+
+def test_a_run_dir_in_use_is_refused_and_left_alone(tmp_path):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as held:  # what a running process holds (rundir.claim)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on elsewhere\n")
+        held.flush()
+        proc = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+        assert "is in use by another run (pid 4242 on elsewhere)" in one_error(proc)
+        assert not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists()
+    run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}")  # released: it runs
+    assert (run_dir / "summary.json").exists()
+
+
+def test_runs_started_together_get_a_run_dir_each(tmp_path):
+    """Seeds launched at once with the default run dir: each keeps its own files (the dir name has microseconds)."""
+    env = clean_env(tmp_path)
+    procs = [
+        subprocess.Popen(train_cmd(*TINY, "logger.mode=disabled", f"seed={seed}"), cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for seed in range(3)
+    ]  # fmt: skip
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    run_dirs = sorted((tmp_path / "outputs" / "runs" / "sine-reptile").iterdir())
+    seeds = sorted(int(line.split(": ")[1]) for d in run_dirs for line in (d / "config.yaml").read_text().splitlines()
+                   if line.startswith("seed: "))  # fmt: skip
+    assert seeds == [0, 1, 2]
+
+
+def test_a_finished_run_asked_for_another_evaluation_is_refused(trained, tmp_path):
+    summary = (trained / "summary.json").read_bytes()
+    proc = run_train(tmp_path, *TINY, "logger.mode=disabled", "eval_tasks=3", f"hydra.run.dir={trained}", check=False)
+    error = one_error(proc)
+    assert "holds a finished run evaluated otherwise (eval_tasks: this command gives 3, the run dir has 2)" in error
+    assert f"evaluate_only=true checkpoint={trained}" in error
+    assert (trained / "summary.json").read_bytes() == summary
+    again = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={trained}")
+    assert "this run already finished" in again.stderr
+
+
+def test_an_evaluation_is_not_replaced_by_another(trained, tmp_path):
+    run_dir = tmp_path / "evaluated"
+    evaluate = [*TINY, "logger.mode=disabled", "evaluate_only=true", f"hydra.run.dir={run_dir}"]
+    run_train(tmp_path, *evaluate, f"checkpoint={trained}")
+    written = {name: (run_dir / name).read_bytes() for name in ("evaluation.json", "metrics.jsonl", "config.yaml")}
+    proc = run_train(tmp_path, *evaluate, "checkpoint=init", check=False)
+    assert f"holds another evaluation (checkpoint: this command gives 'init', the run dir has '{trained}')" in (
+        one_error(proc)
+    )
+    assert {name: (run_dir / name).read_bytes() for name in written} == written
+    assert "this evaluation already finished" in run_train(tmp_path, *evaluate, f"checkpoint={trained}").stderr
+    run_train(tmp_path, *evaluate, "checkpoint=init", "overwrite=true")
+    assert '"checkpoint": null' in (run_dir / "evaluation.json").read_text()
+
+
+def test_a_run_resumed_from_another_run_dirs_checkpoint_logs_to_its_own_wandb_run(trained, tmp_path):
+    fork = tmp_path / "fork"
+    run_train(tmp_path, *TINY, "logger.mode=offline", f"resume={trained / 'checkpoints'}", f"hydra.run.dir={fork}")
+    source_id, fork_id = ((d / "wandb_run_id").read_text().strip() for d in (trained, fork))
+    assert fork_id != source_id
+    offline_runs = [p.name for p in (fork / "wandb").glob("offline-run-*")]
+    assert offline_runs and all(name.endswith(fork_id) for name in offline_runs), offline_runs
