@@ -26,6 +26,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -36,10 +37,12 @@ from torch.profiler import ProfilerActivity, profile
 
 from reptile_exp.atomic import atomic_write_text
 from reptile_exp.cli import at_least
+from reptile_exp.config_checks import composition_error, validate
+from reptile_exp.errors import ConfigError, ReptileExpError
 from reptile_exp.experiment import build, set_deterministic
 from reptile_exp.hardware import cpu_name, native_bf16
 from reptile_exp.measure import flops, matmul_gflops, peak_memory_mb, rate, seconds, sync
-from reptile_exp.meta.learner import Learner, set_precision
+from reptile_exp.meta.learner import Learner, check_fast_paths, set_precision
 from reptile_exp.meta.reference import SerialReptile
 from reptile_exp.report import eval_chunk, evaluate_split
 from reptile_exp.train import outer_step
@@ -76,8 +79,18 @@ def contender(preset: str, device: str, overrides: list[str], variant: str = "pl
 
 
 def config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides)
+    """The composed config, checked as a run checks it before any work (ConfigError: one line)."""
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides)
+    except Exception as e:
+        message = composition_error(e)
+        if message is None:
+            raise
+        raise ConfigError(message) from None
+    validate(cfg)
+    check_fast_paths(torch.device(cfg.device.value), cfg.compile.value, cfg.precision.value)
+    return cfg
 
 
 class Serial:
@@ -155,10 +168,11 @@ def training_ops(exp, steps: int) -> dict:
     return operator_split(lambda: [outer_step(exp) for _ in range(steps)], exp.device)
 
 
-def bench_preset(preset: str, args, device: torch.device) -> dict:
+def bench_preset(preset: str, args, device: torch.device, cfgs: dict) -> dict:
+    """One preset's report; cfgs: its contenders' configs by variant (the serial reference's: plain)."""
     variants = args.variants or DEFAULT_VARIANTS[device.type]
-    plain_cfg = config(contender(preset, device.type, args.overrides))
-    engines = {v: build(config(contender(preset, device.type, args.overrides, v))) for v in variants}
+    plain_cfg = cfgs["plain"]
+    engines = {v: build(cfgs[v]) for v in variants}
     serial = Serial(plain_cfg)
     eval_tasks, serial_eval_tasks = args.eval_tasks, args.serial_eval_tasks
     # name -> (outer step, evaluation of n tasks with a seed, settings); precision and deterministic kernels are
@@ -222,7 +236,7 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
             "eval_peak_mb": peak_memory_mb(partial(evaluate, chunk, 3), device),  # one chunk
         }
     if args.profile or args.op_profile or args.train_op_profile:
-        profiled = config(contender(preset, device.type, args.overrides, args.profile_variant))
+        profiled = cfgs[args.profile_variant]
         use((profiled.precision.value, profiled.deterministic))
         result["profiled_variant"] = args.profile_variant
     if args.profile:
@@ -323,6 +337,12 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = arguments()
     args = parser.parse_args(argv)
+    if args.json_out:
+        try:  # refused now, not after the timing
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=args.json_out.parent).close()
+        except OSError as e:
+            parser.error(f"--json-out {args.json_out}: {args.json_out.parent} is not a writable folder ({e.strerror})")
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; --device cpu times this CPU")
@@ -337,6 +357,15 @@ def main(argv: list[str] | None = None) -> dict:
     args.eval_repeats = args.repeats if args.eval_repeats is None else args.eval_repeats
     if args.eval_repeats > args.repeats:
         parser.error(f"--eval-repeats {args.eval_repeats}: at most --repeats ({args.repeats}), the rounds there are")
+    variants = dict.fromkeys(["plain", *(args.variants or DEFAULT_VARIANTS[args.device]), args.profile_variant])
+    cfgs = {preset: {} for preset in args.presets}  # every contender's, checked before the timing
+    for preset in args.presets:
+        for v in variants:
+            try:
+                cfgs[preset][v] = config(contender(preset, args.device, args.overrides, v))
+            except ReptileExpError as e:
+                given = f" --overrides {' '.join(args.overrides)}" if args.overrides else ""
+                parser.error(f"--presets {preset} --variants {v}{given}: {e}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64  # compiled variants share the compiled code's cache (one per learner)
@@ -350,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         set_precision(device, "tf32")
         ceilings["tf32"] = matmul_gflops(device, torch.float32, n, repeats)
         set_precision(device, "highest")
-    presets = {p: bench_preset(p, args, device) for p in args.presets}
+    presets = {p: bench_preset(p, args, device, cfgs[p]) for p in args.presets}
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores): {cpu_name()}",

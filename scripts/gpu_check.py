@@ -1,7 +1,7 @@
 """The GPU day in one command: every GPU step, each in its own time budget, and one JSON summary (issue 19).
 
     python scripts/gpu_check.py [--out FILE.json] [--budget-s 450] [--only STEP ...]
-    python scripts/gpu_check.py --device cpu --out /tmp/rehearsal.json     # the rehearsal (the suite runs it)
+    python scripts/gpu_check.py --device cpu     # the rehearsal (the suite runs it); an existing --out is kept
 
 Steps, in this order (run_check): the environment (GPU, memory, driver, torch and CUDA versions, bf16/TF32 support);
 the `cuda`-marked tests; one Omniglot 5-way training run per fast path (plain, cudagraphs, tf32, bf16, inductor,
@@ -10,7 +10,8 @@ seconds per 1,000 tasks, peak memory); two ranks (torchrun); the side-by-side be
 
 Each step has a planned budget (PLANS, written to the summary before the step starts): a step the remaining
 budget cannot cover is skipped with the reason; a step that outruns its budget is killed with its whole process
-group (torchrun's ranks too). The summary is rewritten after every step, so a killed check still leaves one.
+group (torchrun's ranks too). The summary is rewritten after every step, so a killed check still leaves one. An
+existing --out is refused, except with --only, whose steps then replace theirs in it (the others' are kept).
 `--device cpu` rehearses the same code with sizes cut (SIZES): the CUDA-only fast paths are skipped with the
 reason, everything else runs. Exits 1 if a step failed, else 0. The runbook: docs/benchmarks.md, "GPU day".
 """
@@ -25,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ import torch
 from reptile_exp.atomic import atomic_write_text
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
+from reptile_exp.run_results import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PATHS = {  # name -> overrides of the Omniglot 5-way run (benchmark.py's variant of the same name)
@@ -265,7 +268,7 @@ def run_figures(run_dir: Path, eval_tasks: int) -> dict:
     """Outer it/s (median over the logged windows after the first, which holds the warm-up and any compiling),
     evaluation s per 1,000 tasks (its first chunk's warm-up included), peak memory and the objective of a finished
     run dir."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_json(run_dir / "summary.json")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/iters_per_s"] for r in records if "train/iters_per_s" in r][1:]
     (protocol,) = summary["protocols"].values()
@@ -409,7 +412,20 @@ def main(argv: list[str] | None = None) -> int:
     plans = {name: budgets[0 if args.device == "cuda" else 1] for name, budgets in PLANS.items()} | dict(args.plan)
     out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S") / "summary.json"
     work = args.work or out.parent / f"{out.stem}_steps"
-    summary = run_check(Check(args.device, out, work, args.budget_s, plans), args.only)
+    try:  # refused now, not after the first step
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        parser.error(f"--out {out}: {out.parent} cannot be created or written ({e.strerror}); pass another path")
+    if out.exists() and not args.only:
+        parser.error(f"--out {out} exists; pass a new path, or --only STEP... to re-run steps into it")
+    check = Check(args.device, out, work, args.budget_s, plans)
+    if out.exists():  # --only: the re-run steps replace theirs, the others stay
+        try:
+            check.summary["steps"] = dict(json.loads(out.read_text())["steps"])
+        except (OSError, ValueError, LookupError, TypeError) as e:
+            parser.error(f"--out {out} is no summary to re-run steps into ({type(e).__name__}: {e}); pass a new path")
+    summary = run_check(check, args.only)
     print(f"summary: {out}")
     return 1 if any(step["status"] == "failed" for step in summary["steps"].values()) else 0
 

@@ -19,10 +19,12 @@ import io
 import math
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 from reptile_exp import paper
 from reptile_exp.atomic import atomic_write_text
+from reptile_exp.errors import ReptileExpError
 from reptile_exp.run_results import Entry, entries, run_dirs
 
 TRAINING_KNOBS = ("train_shots", "inner_batch", "k", "inner_lr", "meta_batch")  # besides iterations
@@ -221,19 +223,26 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
-    found = []
+    runs = {path: run_dirs(path) for path in args.dirs}
     for path in args.dirs:
-        runs = run_dirs(path)
-        if not runs:
+        if not runs[path]:
             print(
                 f"error: {path} holds no results (no summary.json or evaluation.json); pass run or sweep dirs",
                 file=sys.stderr,
             )
             return 1
-        found += [e for run in runs for e in entries(run)]
-    rows = build(found)
     out = args.out or args.dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # refused now, not after reading the runs
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        parser.error(f"--out {out}: cannot create or write it ({e.strerror}); pass another folder")
+    try:
+        found = [e for path in args.dirs for run in runs[path] for e in entries(run)]
+    except ReptileExpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = build(found)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

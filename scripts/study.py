@@ -20,14 +20,18 @@ import argparse
 import csv
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from reptile_exp.errors import ReptileExpError  # noqa: E402
+from reptile_exp.run_results import read_json, read_yaml  # noqa: E402
 from reptile_exp.sweep import job_dirs, overrides  # noqa: E402
 
 IGNORED = ("hydra", "logger", "progress", "debug")  # overrides that do not distinguish jobs
@@ -43,7 +47,7 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[str]]:
         if not (summary.exists() or error.exists()):
             missing.append(job.name)
             continue
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        cfg = OmegaConf.create(read_yaml(job / ".hydra" / "config.yaml"))
         choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
         metrics = job / "metrics.jsonl"
         jobs.append(
@@ -54,7 +58,7 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[str]]:
                 "name": cfg.name,
                 "algorithm": _algorithm(choices.algorithm, cfg),
                 "k": cfg.k,
-                "summary": json.loads(summary.read_text()) if summary.exists() else None,
+                "summary": read_json(summary) if summary.exists() else None,
                 "error": None if summary.exists() else error.read_text().strip(),
                 "records": [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else [],
             }
@@ -210,25 +214,39 @@ def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="multirun directories")
     parser.add_argument("--plot", choices=("learning", "k", "steps"), required=True)
-    parser.add_argument("--out", type=Path, help="figure path (.png); the tables go next to it")
+    parser.add_argument("--out", type=Path, help="figure path (.png, .pdf, .svg, ...); the tables go next to it")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = arguments()
     args = parser.parse_args(argv)
-    sweeps = []
     for sweep in args.dirs:
         if not sweep.is_dir():
             parser.error(f"{sweep} is not a directory: pass a multirun dir (outputs/multiruns/<date>_<time>)")
-        jobs, missing = load_jobs(sweep)
+        if (sweep / ".hydra").is_dir() or (sweep / "summary.json").exists():
+            multirun = "the multirun dir that holds its jobs (outputs/multiruns/<date>_<time>)"
+            parser.error(f"{sweep} is a single run dir; pass {multirun}")
+    out = args.out or args.dirs[0] / "study.png"
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix[1:] not in formats:
+        parser.error(f"--out {out}: the figure path must end in {', '.join(f'.{f}' for f in sorted(formats))}")
+    try:  # refused now, not after the tables
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as e:
+        parser.error(f"--out {out}: {out.parent} cannot be created or written ({e.strerror}); pass another path")
+    sweeps = []
+    for sweep in args.dirs:
+        try:
+            jobs, missing = load_jobs(sweep)
+        except ReptileExpError as e:
+            parser.exit(1, f"{parser.prog}: error: {e}\n")
         if missing:
             print(f"{sweep}: neither summary.json nor error.txt in job dirs {', '.join(missing)} (unfinished); skipped")
         if not any(j["summary"] for j in jobs):
             parser.error(f"{sweep} holds no finished job (no <job>/summary.json)")
         sweeps.append(jobs)
-    out = args.out or args.dirs[0] / "study.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     print(write_tables([row for jobs in sweeps for row in rows(jobs)], out.with_suffix("")), end="")
     plot(sweeps, args.plot, out)
     print(f"wrote {out}, {out.with_suffix('.csv')}, {out.with_suffix('.md')}")

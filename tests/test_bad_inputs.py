@@ -124,6 +124,11 @@ CASES = [
     ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
     ("csv_row_short", [*MINI, "dataset.root={mini_csv_short}"], "expected 'filename,label', got"),
     ("val_too_few", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=1"], "a val task needs"),
+    (  # the smoke check's random images hold no more examples per class than the real data
+        "smoke_shots",
+        ["debug=smoke", "dataset=omniglot", "dataset.train_shots=25"],
+        "dataset.train_shots=25 needs 25 distinct examples per class but the 'train' split has 20",
+    ),
     # an evaluation that diverges: one line, no summary that reads as a result
     (
         "eval_diverges",

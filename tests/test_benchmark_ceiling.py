@@ -1,5 +1,8 @@
 """The benchmark's matmul ceiling (reptile_exp/measure.py) measures at a size that saturates the device (issue 11,
-defect 8)."""
+defect 8), and nothing is timed before scripts/benchmark.py's inputs are checked."""
+
+import pytest
+from conftest import script
 
 from reptile_exp.measure import ceiling_size
 
@@ -31,3 +34,26 @@ def test_a_slow_dtype_stops_growing_within_the_budget_and_n_max_holds():
     assert ceiling_size(product_seconds, n_max=2048) == 512
     assert max(timed) == 512  # 2 x 512^3 at 1 GFLOP/s: 0.27 s; 1024 would take 2.1 s
     assert ceiling_size(_device(100_000)[0], n_max=1024) == 1024
+
+
+def test_a_bad_contender_config_or_json_out_is_refused_before_anything_is_timed(tmp_path, monkeypatch, capsys):
+    """A config train.py refuses (k=0), one Hydra cannot compose (k=abc, kk=3), a fast path the device lacks, an
+    --json-out that cannot be written: a usage error naming it, before the matmul ceilings (the first timing)."""
+    bench = script("benchmark")
+
+    def timed(*args):
+        raise AssertionError("timed before the inputs were checked")
+
+    monkeypatch.setattr(bench, "matmul_gflops", timed)
+    (tmp_path / "file").write_text("")
+    for args, message in (
+        (["--overrides", "k=0"], "--presets sine --variants plain --overrides k=0: k=0 is invalid: must be an integer"),
+        (["--overrides", "k=abc"], "--overrides k=abc: k='abc' is invalid: "),
+        (["--overrides", "kk=3"], "--overrides kk=3: kk is not a config key: did you mean 'k'?"),
+        (["--variants", "cudagraphs"], "--variants cudagraphs: compile=cudagraphs is invalid on device=cpu"),
+        (["--json-out", str(tmp_path / "file" / "r.json")], f": {tmp_path / 'file'} is not a writable folder"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            bench.main(["--device", "cpu", "--quick", "--presets", "sine", *args])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and message in err.splitlines()[-1], (args, err)

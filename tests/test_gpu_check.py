@@ -154,6 +154,36 @@ def test_unknown_steps_and_plans_are_refused_in_one_line(tmp_path):
         assert proc.returncode == 2 and message in output.strip().splitlines()[-1]
 
 
+def test_an_out_that_cannot_be_written_or_exists_is_refused_before_any_step(tmp_path):
+    """--budget-s 1: without the refusal every step would be skipped at once, and the summary written."""
+    (tmp_path / "file").write_text("")
+    earlier = tmp_path / "summary.json"
+    earlier.write_text('{"precious": 1}\n')
+    for args, message in (
+        (["--out", str(tmp_path / "file" / "s.json")], f"{tmp_path / 'file'} cannot be created or written ("),
+        ([], f"--out {earlier} exists; pass a new path, or --only STEP... to re-run steps into it"),
+        (["--only", "environment"], f"--out {earlier} is no summary to re-run steps into (KeyError: 'steps')"),
+    ):
+        proc = _check(tmp_path, "--budget-s", "1", *args)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and message in output.strip().splitlines()[-1], output
+    assert earlier.read_text() == '{"precious": 1}\n' and not (tmp_path / "summary_steps").exists()
+
+
+def test_only_re_runs_its_steps_into_an_existing_summary(tmp_path):
+    """The re-run step's record replaces the earlier one; the other steps' stay, and the ratios use them."""
+    plain = {"status": "passed", "planned_s": 100, "train_it_s": 2.0, "eval_s_per_1000": 50.0}
+    steps = {"environment": {"status": "failed", "error": "earlier"}, "fast:plain": plain}
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": steps}))
+    proc = _check(tmp_path, "--only", "environment")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary["steps"]) == ["environment", "fast:plain"] and summary["steps"]["fast:plain"] == plain
+    assert summary["steps"]["environment"]["status"] == "passed" and summary["steps"]["environment"]["torch"]
+    assert len(summary["compared_with_cpu"]) >= 4  # the note and the docs' CPUs, from the earlier fast:plain
+
+
 def test_the_runbooks_planned_budgets_are_the_scripts():
     """docs/benchmarks.md's table of planned budgets and their sum state what the script does."""
     gpu_check, doc = script("gpu_check"), (ROOT / "docs" / "benchmarks.md").read_text()

@@ -239,6 +239,100 @@ def test_a_bad_sweeper_setting_is_one_line(tmp_path, overrides, phrase):
         assert not (tmp_path / "sweep" / "optuna_journal.log").exists()
 
 
+# the tiniest sweep job: debug=smoke, two outer iterations, two test tasks of one step each
+SMOKE = ["debug=smoke", "iterations=2", "eval_every=1", "eval_tasks=2", "k_eval=1", "logger.mode=disabled"]
+SINE = "hparams_search=sine"
+STORAGE = "hydra.sweeper.storage="
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            [SINE, "hydra.sweeper.direction=maximize"],
+            "hydra.sweeper.direction=maximize is invalid for the objective test/mse (lower is better): use minimize",
+        ),
+        (
+            ["hparams_search=omniglot", "experiment=omniglot_5w1s", "hydra.sweeper.direction=minimize"],
+            "hydra.sweeper.direction=minimize is invalid for the objective val/accuracy (higher is better): use "
+            "maximize",
+        ),
+        (
+            [SINE, "hydra.sweeper.direction=maximise"],
+            "hydra.sweeper.direction='maximise' is invalid: give minimize or maximize (a list of them: one per "
+            "objective)",
+        ),
+        ([SINE, "k=range(10,1)"], "k=range(10,1) is an invalid search range (`low <= high` must hold, but got"),
+        ([SINE, "epsilon=interval(1,0)"], "epsilon=interval(1,0) is an invalid search range (`low <= high` must"),
+        ([SINE, "inner_lr=tag(log,interval(0,1))"], "inner_lr=tag(log,interval(0,1)) is an invalid search range"),
+        (
+            [SINE, STORAGE + "foo://bar"],
+            "hydra.sweeper.storage=foo://bar cannot be opened (Can't load plugin: sqlalchemy.dialects:foo): give a "
+            "journal file (a new one or a sweep's) in a writable folder, or a database URL",
+        ),
+        ([SINE, STORAGE + "/proc/nope/j.log"], "hydra.sweeper.storage=/proc/nope/j.log cannot be opened ("),
+        ([SINE, STORAGE + "{notes}"], "hydra.sweeper.storage={notes} is not an Optuna journal file (Expecting value"),
+    ],
+    ids=["maximize_mse", "minimize_accuracy", "maximise", "range", "interval", "log", "url", "unwritable", "notes"],
+)
+def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, overrides, line):
+    """A direction against the objective (a failed job's penalty would be the best), a misspelt direction, an empty
+    or log-invalid range and a storage that cannot be opened or is not a journal: refused in one line before the
+    study is opened or any job runs; a file given as the storage is left as it was."""
+    notes = tmp_path / "notes.log"
+    notes.write_text("my notes\n")
+    overrides = [o.format(notes=notes) for o in overrides]
+    proc = sweep(tmp_path, *SMOKE, *overrides, check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("error: " + line.format(notes=notes)), last
+    assert not list((tmp_path / "sweep").glob("*/summary.json")) and not list(tmp_path.rglob("optuna_journal.log"))
+    assert notes.read_text() == "my notes\n"
+
+
+def test_a_sweep_whose_jobs_all_fail_names_no_best_trial(tmp_path):
+    """Every job refuses inner_lr=-1 and returns the penalty: optimization_results.yaml names no best trial."""
+    proc = sweep(tmp_path, *SMOKE, SINE, "inner_lr=-1", "hydra.sweeper.n_trials=2", check=False)
+    assert proc.returncode == 1 and "inner_lr=-1.0 is invalid" in (tmp_path / "sweep/0/error.txt").read_text()
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["trials"] == {"complete": 2} and results["best_trial"] is None and "best_params" not in results
+    assert results["note"] == "no trial completed without an error (see sweep_summary.md)"
+
+
+def test_a_continued_study_keeps_its_overrides_and_search_space(tmp_path):
+    """Continuing a study with another fixed override, a knob left at its default or another range is refused
+    before any job, naming the first difference, and the sweep dir is left as it was; progress=false continues
+    it. A study made before the study kept its settings continues, with a warning."""
+    args = [*SMOKE, SINE, "k=range(1,3)"]
+    sweep(tmp_path, *args, "hydra.sweeper.n_trials=1")
+    sweep_dir = tmp_path / "sweep"
+    journal = sweep_dir / "optuna_journal.log"
+    written = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p != journal}
+    study = journal.read_bytes()
+    for extra, change in [
+        (["iterations=3"], "iterations=2; this command gives iterations=3"),
+        (["k=range(1,4)"], "k=range(1,3); this command gives k=range(1,4)"),
+        (["dataset.n_points=40"], "dataset.n_points=<default>; this command gives dataset.n_points=40"),
+    ]:
+        proc = sweep(tmp_path, *args, *extra, "hydra.sweeper.n_trials=2", check=False)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert last == (
+            f"error: study sweep in {journal} was run with {change}: use another "
+            "hydra.sweep.dir or hydra.sweeper.study_name, or the study's settings"
+        )
+    assert {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p != journal} == written
+    assert journal.read_bytes().startswith(study) and len(study_of(sweep_dir).trials) == 1  # Optuna appends on load
+    sweep(tmp_path, *args, "progress=false", "hydra.sweeper.n_trials=2")
+    assert [t.state for t in study_of(sweep_dir).trials] == [TrialState.COMPLETE] * 2
+
+    old = optuna.create_study(study_name="old", storage=storage(None, sweep_dir))
+    old.add_trial(optuna.trial.create_trial(params={"k": 1}, distributions={"k": IntDistribution(1, 3)}, value=1.0))
+    proc = sweep(tmp_path, *args, "iterations=3", "hydra.sweeper.study_name=old", "hydra.sweeper.n_trials=2")
+    assert "study old predates its settings record: continued without comparing them" in proc.stdout + proc.stderr
+    assert len(optuna.load_study(study_name="old", storage=storage(None, sweep_dir)).trials) == 2
+
+
 def space(override: str):
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
     (parsed,) = OverridesParser.create(config_loader=loader).parse_overrides([override])

@@ -125,3 +125,22 @@ def test_a_dir_without_results_is_one_line_and_exit_1(tmp_path):
     proc = _render(tmp_path)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "holds no results" in proc.stderr
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_reading_the_runs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text("{")  # not read: the refusal comes first
+    (tmp_path / "file").write_text("")
+    proc = _render(run, "--out", tmp_path / "file" / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {tmp_path / 'file' / 'out'}: cannot create or write it (Not a directory)" in proc.stderr
+
+
+def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"iterations": 6')  # cut short
+    proc = _render(run)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: {run / 'summary.json'} is not valid JSON"), proc.stderr

@@ -138,3 +138,40 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
         rows = {r["job"]: r for r in _csv(tmp_path / f"pruned_{kind}.csv")}
         assert rows[pruned]["status"] == "pruned at iteration 3" and rows[pruned]["value"] == ""
         assert all(r["status"] == "finished" and r["value"] for job, r in rows.items() if job != pruned)
+
+
+def _damaged_multirun(sweep: Path) -> None:
+    """A multirun of one job as Hydra leaves it (config: what study.py reads), its summary.json cut short."""
+    hydra = sweep / "0" / ".hydra"
+    hydra.mkdir(parents=True)
+    (hydra / "overrides.yaml").write_text("- k=1\n")
+    (hydra / "config.yaml").write_text("name: null\nk: 1\nalgorithm: {}\n")
+    (hydra / "hydra.yaml").write_text("hydra: {runtime: {choices: {algorithm: reptile}}}\n")
+    (sweep / "0" / "summary.json").write_text('{"iterations": 2')
+
+
+def test_a_bad_out_or_a_single_run_dir_is_refused_before_any_job_is_read(tmp_path, capsys):
+    sweep, run = tmp_path / "sweep", tmp_path / "run"
+    _damaged_multirun(sweep)
+    (run / ".hydra").mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    (tmp_path / "file").write_text("")
+    multirun = "pass the multirun dir that holds its jobs (outputs/multiruns/<date>_<time>)"
+    for args, message in (
+        ([sweep, "--out", tmp_path / "st3.txt"], f"--out {tmp_path / 'st3.txt'}: the figure path must end in "),
+        ([sweep, "--out", tmp_path / "file" / "x.png"], f"{tmp_path / 'file'} cannot be created or written ("),
+        ([run], f"{run} is a single run dir; {multirun}"),
+    ):
+        with pytest.raises(SystemExit) as exit:
+            study_script.main([*map(str, args), "--plot", "learning"])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and message in err.splitlines()[-1], err
+
+
+def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, capsys):
+    _damaged_multirun(tmp_path / "sweep")
+    with pytest.raises(SystemExit) as exit:
+        study_script.main([str(tmp_path / "sweep"), "--plot", "learning"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and err.count("\n") == 1
+    assert f"error: {tmp_path / 'sweep' / '0' / 'summary.json'} is not valid JSON" in err

@@ -7,10 +7,12 @@ PRUNED when the job's summary.json says `pruned_at`, FAIL when the job raised (o
 else COMPLETE with the job's values (a failed job's finite penalty included: reptile_exp/cli.py).
 
 The study lives in its storage (reptile_exp.pruning.storage; by default a journal file in the sweep dir): the same
-command again continues it up to n_trials trials in all, and trials left RUNNING by a sweeper process of this host
-that is gone are launched again (their jobs resume from their checkpoints). Several sweeper processes may share one
-study (each ends once the trials the others run on this host have ended). At the end:
-<sweep dir>/optimization_results.yaml (the best trial, or the Pareto front) and optimization_history.png.
+command again continues it up to n_trials trials in all (other overrides or another search space are refused: the
+study keeps them in its user attrs; launcher, logger and progress may differ), and trials left RUNNING by a sweeper
+process of this host that is gone are launched again (their jobs resume from their checkpoints). Several sweeper
+processes may share one study (each ends once the trials the others run on this host have ended). At the end:
+<sweep dir>/optimization_results.yaml (the best trial, or the Pareto front, of the trials whose job did not fail)
+and optimization_history.png.
 
 The search space, in Hydra's override grammar (hydra.sweeper.params, or a sweep on the command line):
     choice(a, b, ...)            categorical (a, b, ... and glob(...) too)
@@ -39,10 +41,12 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from reptile_exp.errors import ConfigError
+from reptile_exp.errors import ConfigError, fail, first_line
 
 log = logging.getLogger(__name__)
 OWNER = "sweeper"  # trial user attribute: host:pid of the sweeper process that launched it
+SETTINGS = "settings"  # study user attribute: what makes its problem (settings)
+RUN_ONLY = ("launcher", "logger", "progress")  # overrides that change how jobs run, not what they compute
 
 
 def distribution(override: Override) -> Any:
@@ -53,29 +57,48 @@ def distribution(override: Override) -> Any:
     log_scale = "log" in getattr(value, "tags", set())
     if override.is_choice_sweep():
         return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        bounds = (value.start, value.stop, value.step)
-        if all(isinstance(b, int) for b in bounds):
-            return IntDistribution(value.start, value.stop, log=log_scale, step=value.step)
-        return FloatDistribution(value.start, value.stop, log=log_scale, step=None if log_scale else value.step)
-    assert override.is_interval_sweep(), override  # the sweeps of Hydra's grammar: choice (glob too), range, interval
-    return FloatDistribution(value.start, value.end, log=log_scale)
+    try:
+        if override.is_range_sweep():
+            bounds = (value.start, value.stop, value.step)
+            if all(isinstance(b, int) for b in bounds):
+                return IntDistribution(value.start, value.stop, log=log_scale, step=value.step)
+            return FloatDistribution(value.start, value.stop, log=log_scale, step=None if log_scale else value.step)
+        assert override.is_interval_sweep(), override  # Hydra's sweeps: choice (glob too), range, interval
+        return FloatDistribution(value.start, value.end, log=log_scale)
+    except ValueError as e:
+        raise ConfigError(
+            f"{override.input_line} is an invalid search range ({first_line(e)}): give low <= high, a step > 0, "
+            "and low > 0 under tag(log, ...)"
+        ) from e
 
 
-def search_space(arguments: list[str], parser: OverridesParser) -> tuple[dict[str, Any], list[str]]:
-    """The distributions of the swept knobs and the plain overrides every job gets. A later override of a knob
-    replaces an earlier one: hydra.sweeper.params come first, so the command line's k=5 fixes k."""
-    space: dict[str, Any] = {}
-    fixed: dict[str, str] = {}
+def search_space(arguments: list[str], parser: OverridesParser) -> dict[str, Override]:
+    """The overrides by knob, swept and plain. A later override of a knob replaces an earlier one:
+    hydra.sweeper.params come first, so the command line's k=5 fixes k."""
+    given: dict[str, Override] = {}
     for override in parser.parse_overrides(arguments):
-        key = override.get_key_element()
-        space.pop(key, None)
-        fixed.pop(key, None)
-        if override.is_sweep_override():
-            space[key] = distribution(override)
-        else:
-            fixed[key] = override.input_line
-    return space, list(fixed.values())
+        given.pop(override.get_key_element(), None)  # the later one goes last: the order jobs and Optuna get
+        given[override.get_key_element()] = override
+    return given
+
+
+def settings(given: dict[str, Override], space: dict[str, Any]) -> dict[str, list[str]]:
+    """What makes a study's problem, by knob: [the override as given, what is compared (the distribution of a swept
+    knob, the value of a fixed one)]; the overrides of RUN_ONLY left out."""
+    return {
+        key: [o.input_line, repr(space[key] if key in space else o.value())]
+        for key, o in given.items()
+        if key.split(".")[0].lstrip("+~") not in RUN_ONLY
+    }
+
+
+def difference(held: dict[str, list[str]], now: dict[str, list[str]]) -> tuple[str, str] | None:
+    """The first knob whose setting differs: (the study's, this command's), `<default>` where one leaves it out."""
+    for key in [*held, *(k for k in now if k not in held)]:
+        old, new = held.get(key, [f"{key}=<default>", ""]), now.get(key, [f"{key}=<default>", ""])
+        if old[1] != new[1]:
+            return old[0], new[0]
+    return None
 
 
 def job_overrides(number: int, params: dict[str, Any], fixed: list[str], report: bool) -> list[str]:
@@ -136,6 +159,8 @@ class ReptileOptunaSweeper(Sweeper):
     ) -> None:
         self.sampler, self.pruner, self.warmup = sampler, pruner, warmup  # warmup: read by the pruner's config
         self.directions = [direction] if isinstance(direction, str) else list(direction)
+        if any(d not in ("minimize", "maximize") for d in self.directions):
+            fail("hydra.sweeper.direction", direction, "give minimize or maximize (a list of them: one per objective)")
         self.objectives = list(objectives)
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
@@ -160,33 +185,75 @@ class ReptileOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.groups = hydra_context.config_loader.repository  # group_exists: a swept config group
         self.parser = OverridesParser.create(config_loader=hydra_context.config_loader)  # glob(...) needs it
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def study(self, sweep_dir: Path) -> Any:
-        """The study, created or loaded. Its sampler's seed is offset by the trials already in the study, so a
-        continued study draws new points rather than its first ones again."""
+    def check_senses(self, space: dict[str, Any]) -> None:
+        """Refuse a direction against the sense of `objective` (an MSE is minimised, an accuracy maximised): the
+        penalty a failed job returns (report.penalty, the worst value) would be the best. Not checked when a config
+        group (dataset, experiment) is swept: the composed config's dataset may not be the jobs'."""
+        from reptile_exp.report import penalty
+
+        if any(self.groups.group_exists(key) for key in space):
+            return
+        metric, sense, better = (
+            ("accuracy", "maximize", "higher") if penalty(self.config) == 0.0 else ("mse", "minimize", "lower")
+        )
+        for name, direction in zip(self.objectives, self.directions):
+            if name == "objective" and direction != sense:
+                raise ConfigError(
+                    f"hydra.sweeper.direction={direction} is invalid for the objective "
+                    f"{self.config.objective_split}/{metric} ({better} is better): use {sense}"
+                )
+
+    def study(self, sweep_dir: Path, problem: dict[str, list[str]]) -> Any:
+        """The study, created or loaded; a study created here holds `problem` (settings), a loaded one must have
+        the same. Its sampler's seed is offset by the trials already in the study, so a continued study draws new
+        points rather than its first ones again."""
         import optuna
+        from sqlalchemy.exc import SQLAlchemyError
 
         from reptile_exp import pruning
 
-        self.store = pruning.storage(self.storage, sweep_dir)
         self.where = self.storage or str(sweep_dir / pruning.JOURNAL)
-        study = optuna.create_study(
-            study_name=pruning.study_name(self.study_name, sweep_dir),
-            storage=self.store,
-            pruner=instantiate(self.pruner),
-            directions=self.directions,
-            load_if_exists=True,
-        )
+        try:
+            self.store = pruning.storage(self.storage, sweep_dir)
+            if isinstance(self.store, optuna.storages.JournalStorage) and Path(self.where).stat().st_size:
+                with open(self.where, "rb") as f:  # Optuna reads past a bad last line (a torn write) and appends
+                    json.loads(f.readline())["op_code"]
+            study = optuna.create_study(
+                study_name=pruning.study_name(self.study_name, sweep_dir),
+                storage=self.store,
+                pruner=instantiate(self.pruner),
+                directions=self.directions,
+                load_if_exists=True,
+            )
+        except (SQLAlchemyError, OSError, ValueError, KeyError, TypeError) as e:  # the last 3: a journal's 1st line
+            what = "cannot be opened" if isinstance(e, (SQLAlchemyError, OSError)) else "is not an Optuna journal file"
+            raise ConfigError(
+                f"hydra.sweeper.storage={self.where} {what} ({first_line(e)}): give a journal file (a new one or a "
+                "sweep's) in a writable folder, or a database URL (sqlite:///..., postgresql://...)"
+            ) from e
         held = [d.name.lower() for d in study.directions]
         if held != self.directions:
             raise ConfigError(
                 f"hydra.sweeper.direction={self.directions} is invalid here: study {study.study_name} in its storage "
                 f"has direction {held}; use another study_name or storage"
             )
+        if SETTINGS in study.user_attrs:
+            changed = difference(study.user_attrs[SETTINGS], problem)
+            if changed:
+                raise ConfigError(
+                    f"study {study.study_name} in {self.where} was run with {changed[0]}; this command gives "
+                    f"{changed[1]}: use another hydra.sweep.dir or hydra.sweeper.study_name, or the study's settings"
+                )
+        elif study.trials:
+            log.warning("study %s predates its settings record: continued without comparing them", study.study_name)
+        else:
+            study.set_user_attr(SETTINGS, problem)
         seed = OmegaConf.select(self.sampler, "seed", default=None)
         done = len(study.get_trials(deepcopy=False))
         study.sampler = instantiate(self.sampler, **({} if seed is None else {"seed": seed + done}))
@@ -197,8 +264,12 @@ class ReptileOptunaSweeper(Sweeper):
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        space, fixed = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments], self.parser)
-        study = self.study(sweep_dir)
+        given = search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments], self.parser)
+        space = {key: distribution(o) for key, o in given.items() if o.is_sweep_override()}
+        fixed = [o.input_line for o in given.values() if not o.is_sweep_override()]
+        self.check_senses(space)
+        objectives = [f"hydra.sweeper.objectives=[{','.join(self.objectives)}]", repr(self.objectives)]
+        study = self.study(sweep_dir, {**settings(given, space), "hydra.sweeper.objectives": objectives})
         report = len(self.directions) == 1  # Optuna prunes single-objective studies only (checked in __init__)
         log.info(
             "Optuna study %s (%d trials so far) in %s: %s, %s from iteration %s, %s",
@@ -306,12 +377,16 @@ class ReptileOptunaSweeper(Sweeper):
             "trials": {s: states.count(s) for s in dict.fromkeys(states)},
         }
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if complete and len(self.directions) == 1:
-            best = study.best_trial
+        ok = [t for t in complete if "error" not in t.user_attrs]  # a failed job's penalty is no result
+        if not ok:
+            results.update(best_trial=None, note="no trial completed without an error (see sweep_summary.md)")
+            log.warning("no trial of study %s completed without an error", study.study_name)
+        elif len(self.directions) == 1:
+            best = (min if self.directions[0] == "minimize" else max)(ok, key=lambda t: t.value)
             results.update(best_trial=best.number, best_params=best.params, best_value=best.value)
             log.info("best trial %d: %s = %s, %s", best.number, self.objectives[0], best.value, best.params)
-        elif complete:
-            front = study.best_trials
+        else:
+            front = [t for t in study.best_trials if "error" not in t.user_attrs]
             results["solutions"] = [{"trial": t.number, "params": t.params, "values": t.values} for t in front]
             log.info("Pareto front of %d trials: %s", len(front), [t.number for t in front])
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")

@@ -155,9 +155,10 @@ def describe_root(root: Path) -> str:
 
 def synthetic_like(loader: type, n_way: int, k_shot: int, train_shots: int, seed: int = 0) -> FewShotClassification:
     """Random images of a loader's shape and pixel range in train/val/test splits with the real data's classes
-    (loader.split_classes(): an n_way above them is refused as for the real data): for smoke runs
-    (`synthetic_data=true`, set by debug=smoke) where the real files are absent. Nothing is learnable."""
-    per_class = max(train_shots, k_shot + 1) + 2
+    (loader.split_classes(): an n_way above them is refused as for the real data) and at most its examples per class
+    (shots above them too): for smoke runs (`synthetic_data=true`, set by debug=smoke) where the real files are
+    absent. Nothing is learnable."""
+    per_class = min(max(train_shots, k_shot + 1) + 2, loader.real_examples_per_class)
     g = torch.Generator().manual_seed(seed)
     classes = loader.split_classes()
 

@@ -45,6 +45,7 @@ class MiniImageNet(FewShotClassification):
     """
 
     expected_classes = {"train": 64, "val": 16, "test": 20}
+    real_examples_per_class = 600  # images per class; synthetic_like's splits hold no more
     image_shape, pixel_levels, pixel_scale = (3, SIZE, SIZE), 256, 1 / 255
 
     @classmethod

@@ -55,6 +55,7 @@ class Omniglot(FewShotClassification):
     """
 
     expected = (50, 1623, 20)  # alphabets, characters, drawings per character
+    real_examples_per_class = expected[2]  # synthetic_like's splits hold no more
     image_shape, pixel_levels, pixel_scale = (1, SIZE, SIZE), 2, 1.0
     num_train = 1200
 
