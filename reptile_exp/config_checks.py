@@ -208,6 +208,9 @@ def validate(cfg: DictConfig) -> None:
         betas = cfg[group].get("betas")
         if betas is not None and (not isinstance(betas, ListConfig) or len(betas) != 2):
             fail(f"{group}.betas", betas, "must be a pair")
+    for group, knob in (("inner_optimizer", "inner_lr"), ("outer_optimizer", "epsilon")):
+        if cfg[group].get("lr", cfg[knob]) != cfg[knob]:  # the schedule and the resume check read the knob
+            fail(f"{group}.lr", cfg[group].lr, f"the step size is {knob}={cfg[knob]}: set {knob} instead")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cfg.threads > cpus:
         fail("threads", cfg.threads, f"must be <= the {cpus} CPUs this process may use (0: torch's default)")
@@ -227,6 +230,9 @@ def validate(cfg: DictConfig) -> None:
                 fail(f"algorithm.{key}", cfg.algorithm[key], f"must be < dataset.n_points={dataset.n_points}")
     if cfg.logger.mode not in WANDB_MODES:
         fail("logger.mode", cfg.logger.mode, f"choose one of {list(WANDB_MODES)}")
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode and env_mode not in ("online", "offline", "disabled", "dryrun", "run", "shared"):  # wandb's own
+        fail("WANDB_MODE", env_mode, "unset it, or set online, offline or disabled (logger.mode sets it per run)")
     splits = list(cfg.eval_splits)
     if not splits or any(split not in SPLITS for split in splits) or len(set(splits)) < len(splits):
         fail("eval_splits", splits, f"must list one or more of {list(SPLITS)}, each once")

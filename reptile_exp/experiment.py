@@ -263,6 +263,8 @@ def build(cfg: DictConfig) -> Experiment:
         grouped=cfg.grouped_tasks,
         task_conv=cfg.task_conv.value,
     )
+    if cfg.task_conv.value != "grouped" and not learner.grouped:
+        log.warning("task_conv=%s has no effect: the tasks run through vmap here (grouped_tasks)", cfg.task_conv.value)
     outer = instantiate(cfg.outer_optimizer)(model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(outer, LinearAnneal(cfg.epsilon, cfg.epsilon_final, cfg.iterations))
     generator = torch.Generator().manual_seed(cfg.seed)

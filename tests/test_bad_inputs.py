@@ -66,6 +66,12 @@ CASES = [
     ("float64_bf16", ["dtype=float64", "precision=bf16"], "precision='bf16' is invalid: bf16 and tf32 apply to"),
     ("transductive_sine", ["transductive=true"], "transductive=True is invalid: regression has no transductive"),
     ("nesterov", ["+outer_optimizer.nesterov=true"], "outer_optimizer is invalid: Nesterov momentum requires"),
+    (
+        "outer_lr",
+        ["outer_optimizer.lr=5"],
+        "outer_optimizer.lr=5 is invalid: the step size is epsilon=0.1: set epsilon",
+    ),
+    ("inner_lr_group", ["inner_optimizer.lr=0.5"], "inner_optimizer.lr=0.5 is invalid: the step size is inner_lr=0.02"),
     # the knob a mode reads: not silently ignored
     ("checkpoint_training", ["checkpoint={ckpt}"], "is invalid: read with evaluate_only=true only; resume="),
     (

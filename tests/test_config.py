@@ -326,3 +326,15 @@ def test_an_optional_local_config_is_read_and_checked(tmp_path):
             with _hydra_run(config_dir=conf):
                 pass
         assert str(error.value).startswith(line)
+
+
+@pytest.mark.parametrize("mode,refused", [("bogus", True), ("offline", False), ("dryrun", False), ("", False)])
+def test_a_wandb_mode_from_the_environment_is_checked_with_the_config(monkeypatch, mode, refused):
+    """WANDB_MODE=bogus failed only when W&B started, after the data was built, blaming logger.* values."""
+    monkeypatch.setenv("WANDB_MODE", mode)
+    cfg = _compose("logger.mode=auto")
+    if refused:
+        with pytest.raises(ConfigError, match=r"WANDB_MODE='bogus' is invalid: unset it, or set online, offline"):
+            validate(cfg)
+    else:
+        validate(cfg)
