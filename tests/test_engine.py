@@ -205,3 +205,26 @@ def test_adapt_stays_differentiable_with_respect_to_a_phi_that_requires_grad():
     for a, b in zip(*through.values()):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert max((g - 3).abs().max().item() for g in through[True]) > 1e-3  # 3 tasks: the identity would give 3
+
+
+def test_inner_adam_defaults_and_two_steps_by_hand():
+    """The paper's inner Adam: betas (0, 0.999), eps 1e-8, state kept (REFERENCE.md section 2). With beta1 = 0 two
+    steps from a zero state on gradients g1, g2 move by lr * g1 / (|g1| + eps), then lr * g2 / (sqrt(v2 / (1 - b2^2))
+    + eps) with v2 = b2 (1 - b2) g1^2 + (1 - b2) g2^2: computed here without torch.optim."""
+    adam = Adam(0.1)
+    assert (adam.betas, adam.eps, adam.reset) == ((0.0, 0.999), 1e-8, False)
+    g1, g2 = torch.tensor([0.5, -2.0], dtype=torch.float64), torch.tensor([1.0, 3.0], dtype=torch.float64)
+    b2, eps = 0.999, 1e-8
+    step1 = 0.1 * g1 / (g1.abs() + eps)
+    v2 = b2 * (1 - b2) * g1**2 + (1 - b2) * g2**2
+    step2 = 0.1 * g2 / (torch.sqrt(v2 / (1 - b2**2)) + eps)
+    expected = -(step1 + step2)
+    for in_place in (False, True):
+        zero = torch.zeros(2, dtype=torch.float64)
+        params, state = {"w": zero.unsqueeze(0).clone()}, adam.tile(adam.init({"w": zero}), 1, owned=True)
+        for g in (g1, g2):
+            if in_place:
+                state = adam.step_(params, {"w": g.unsqueeze(0)}, state)
+            else:
+                params, state = adam.step(params, {"w": g.unsqueeze(0)}, state)
+        torch.testing.assert_close(params["w"][0], expected, rtol=1e-12, atol=1e-15)

@@ -1,6 +1,7 @@
 """Few-shot evaluation (REFERENCE.md section 5): protocol, batch statistics, and no side effects."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -168,3 +169,9 @@ def test_evaluation_result_and_progress_do_not_depend_on_the_chunk():
         results.append(out)
     assert results[0]["mse"] == pytest.approx(results[1]["mse"], rel=1e-12)
     assert results[0]["mse_ci95"] == pytest.approx(results[1]["mse_ci95"], rel=1e-9)
+
+
+def test_the_interval_is_1_96_sample_standard_errors():
+    """ci95 of 50 zeros and 50 ones: 1.96 * sqrt(25/99) / 10 (the sample standard deviation, n - 1)."""
+    values = torch.tensor([0.0, 1.0] * 50, dtype=torch.float64)
+    assert ci95(values) == pytest.approx(1.96 * math.sqrt(25 / 99) / 10, rel=1e-12)

@@ -106,3 +106,18 @@ def test_an_eval_batch_larger_than_the_support_set_cycles_through_it():
     assert (counts == 2).all()
     with pytest.raises(ConfigError, match="inner_batch=10 is invalid: a training task has 5 examples"):
         minibatch_schedule(20, 5, 4, 10, gen())
+
+
+@pytest.mark.parametrize("batch,steps", [(2, 5), (10, 4)], ids=["one_pass", "cycling"])
+def test_the_test_tasks_schedule_the_inner_loop_over_every_support_example(batch, steps):
+    """sample_eval's minibatches visit each of the N * K support examples (5-way 2-shot: 10; sine: its k_shot points)
+    equally often: one pass as a permutation, and eval_batch above the support set cycling through all of it."""
+    fewshot = FewShotClassification(identity_splits(), n_way=5, k_shot=2, train_shots=3)
+    sine = Sine(k_shot=10)
+    for tasks, n in (
+        (fewshot.sample_eval(40, steps, batch, gen(2)), 10),
+        (sine.sample_eval(40, steps, batch, gen(2)), 10),
+    ):
+        assert tasks.x.shape[1] == n
+        counts = torch.nn.functional.one_hot(tasks.batches.flatten(1), n).sum(1)
+        assert (counts == steps * batch // n).all(), counts

@@ -135,3 +135,38 @@ def test_the_grouped_layout_is_channels_last_on_a_cpu_where_the_model_asks_or_un
 
 def test_a_model_with_an_unknown_layer_is_not_task_batchable():
     assert not task_batchable(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Dropout(0.1)))
+
+
+def _same_conv(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """TensorFlow "same" convolution written out: pad (extra row and column at the end), then convolve."""
+    k, s = conv.kernel_size[0], conv.stride[0]
+    pads = [max((-(-n // s) - 1) * s + k - n, 0) for n in x.shape[-2:]]
+    x = F.pad(x, (pads[1] // 2, pads[1] - pads[1] // 2, pads[0] // 2, pads[0] - pads[0] // 2))
+    return F.conv2d(x, conv.weight, conv.bias, s)
+
+
+def _batch_norm(h: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """BatchNorm over the batch statistics with eps 1e-3 (REFERENCE.md section 3), the formula written out."""
+    mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+    return (h - mean) / torch.sqrt(var + 1e-3) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("net,pool", [(OmniglotConvNet, False), (MiniImageNetConvNet, True)])
+def test_the_conv_nets_compute_the_papers_blocks(net, pool):
+    """Each block is conv (same) -> BatchNorm (batch statistics, eps 1e-3) -> [max-pool 2x2, same] -> ReLU, then the
+    linear layer (REFERENCE.md section 3: BatchNorm before the pooling, not after as in the paper's first version).
+    Inputs scaled so that the channels' variances are near eps, where another eps shows."""
+    torch.manual_seed(0)
+    model = net(5).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(0.02)
+    x = torch.rand(6, model[0].in_channels, *((28, 28) if net is OmniglotConvNet else (84, 84)), dtype=torch.float64)
+    h, layers = x, list(model)
+    for block in range(4):
+        conv, norm = layers[block * (4 if pool else 3)], layers[block * (4 if pool else 3) + 1]
+        h = _batch_norm(_same_conv(h, conv), norm)
+        h = F.relu(F.max_pool2d(h, 2, 2, ceil_mode=True) if pool else h)
+    expected = layers[-1](h.flatten(1))
+    torch.testing.assert_close(model(x), expected, rtol=1e-9, atol=1e-12)

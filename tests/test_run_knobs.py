@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from reptile_exp import report
 from reptile_exp.checkpoint import CheckpointError
 from reptile_exp.experiment import build
-from reptile_exp.train import run
+from reptile_exp.train import outer_step, run
 
 QUIET = ["logger.mode=disabled", "progress=false", "device=cpu", "eval_every=0", "eval_tasks=4", "k_eval=2"]
 # eps anneals from 0.5 to 0.1 over 10 iterations; checkpoints at 2, 4, ..., 10 of which 3 are kept
@@ -133,3 +133,17 @@ def test_evaluate_only_with_another_inner_optimizer_starts_its_state_fresh(train
     run(cfg, tmp_path / "eval")
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["results"]["test"] == evaluated(cfg, torch.load(trained, weights_only=True)["phi"])
+
+
+def test_each_outer_step_moves_phi_by_its_own_iterations_eps():
+    """phi <- phi - eps_i * g at iteration i with eps_i the schedule's at i (eps 1 -> 0 over 4: 1, 0.75, 0.5, 0.25):
+    the first update replaces phi by the tasks' mean weights (REFERENCE.md section 2). The meta-gradient is a fixed g;
+    the outer optimizer and its schedule are the run's own."""
+    exp = build(compose_cfg("iterations=4", "epsilon=1.0", "epsilon_final=0.0", "outer_optimizer=sgd"))
+    g = {n: torch.full_like(p, 0.5) for n, p in exp.phi.items()}
+    exp.algorithm.meta_gradient = lambda learner, phi, tasks, state: (g, state, torch.zeros(1, 1))
+    for i in range(4):
+        before = {n: p.detach().clone() for n, p in exp.phi.items()}
+        outer_step(exp)
+        for n, p in exp.phi.items():
+            torch.testing.assert_close(p.detach(), before[n] - (1 - i / 4) * g[n], rtol=0, atol=1e-7)
