@@ -27,6 +27,7 @@ from .instantiate import instantiate, parameter_count
 from .memory import available_bytes
 from .protocols import parse
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 # An annotation of a _target_'s parameter -> (test of a value, what it must be).
 TYPES = {
@@ -56,7 +57,10 @@ def check_known_keys(cfg: DictConfig) -> None:
         params = _parameters(node)
         if params is None:
             continue
-        _known(node, f"{group}.", [*params, *(k for k in HYDRA_KEYS if k in node)])
+        try:
+            _known(node, f"{group}.", [*params, *(k for k in HYDRA_KEYS if k in node)])
+        except ConfigError as e:
+            raise ConfigError(_experiment_clash(group) or str(e)) from None
         for name in node:
             annotation = params[name].annotation if name in params else ""
             annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
@@ -131,9 +135,26 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     raise ConfigError(f"{model_name} does not fit {dataset_name}: the model must {needs}; {fix}")
 
 
+def _experiment_clash(group: str) -> str | None:
+    """The line for a group option the command line gave against the chosen experiment's (experiment=omniglot_5w1s
+    dataset=sine: the preset's dataset keys then land on another dataset), or None."""
+    experiment, chosen = _choice("experiment"), _choice(group)
+    path = CONF / "experiment" / f"{experiment}.yaml"
+    if not experiment or not path.exists():
+        return None
+    entries = [d for d in OmegaConf.load(path).get("defaults", []) if isinstance(d, DictConfig)]
+    wanted = next((v for d in entries for k, v in d.items() if str(k).endswith(f"/{group}")), None)
+    if wanted is None or wanted == chosen:
+        return None
+    return (
+        f"{group}={chosen} does not fit experiment={experiment}, which sets {group}={wanted} and its keys; drop "
+        f"{group}={chosen} or choose another experiment"
+    )
+
+
 def _dataset_model(dataset: str) -> str | None:
     """The model option conf/model/for_dataset/<dataset>.yaml selects (None when there is no such file)."""
-    path = Path(__file__).resolve().parents[1] / "conf" / "model" / "for_dataset" / f"{dataset}.yaml"
+    path = CONF / "model" / "for_dataset" / f"{dataset}.yaml"
     if not path.exists():
         return None
     return str(OmegaConf.load(path).defaults[0]).rpartition("/")[2].partition("@")[0]

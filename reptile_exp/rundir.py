@@ -41,11 +41,18 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None, str | None]:
     return name, None, name
 
 
+_claimed: int | None = None  # the lock's file descriptor
+
+
 def claim(out_dir: Path) -> None:
     """Hold an exclusive lock on out_dir for the rest of this process: a second run started in the same run dir (two
     commands launched in the same second, the same command twice) is refused instead of mixing both runs' files. The
-    lock goes with the process, however it ends; a file system without locks is warned about and not locked."""
+    lock goes with the process, however it ends, or with the next claim (a sweep's jobs in one process run one after
+    another); a file system without locks is warned about and not locked."""
     global _claimed
+    if _claimed is not None:
+        os.close(_claimed)
+        _claimed = None
     fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,10 +69,7 @@ def claim(out_dir: Path) -> None:
         return
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    _claimed = fd  # kept open (and locked) until the process ends
-
-
-_claimed: int | None = None
+    _claimed = fd  # kept open (and locked) until the process ends or claims the next run dir
 
 
 def run_id(out_dir: Path, state: dict | None, path: Path | None = None) -> str:

@@ -49,6 +49,11 @@ CASES = [
     ("unknown_group_key", ["dataset.n_pionts=3"], "did you mean 'n_points'?"),
     ("added_unknown_key", ["+epsilon_fianl=0.1"], "epsilon_fianl is not a config key: did you mean 'epsilon_final'?"),
     ("model_mismatch", ["dataset=omniglot", "model=mlp"], "model=mlp does not fit dataset=omniglot"),
+    (
+        "experiment_clash",
+        ["experiment=omniglot_5w1s", "dataset=sine"],
+        "dataset=sine does not fit experiment=omniglot_5w1s, which sets dataset=omniglot and its keys",
+    ),
     ("unknown_option", ["dataset=nope"], "choose one of ['miniimagenet', 'omniglot', 'sine']"),
     ("override_syntax", ["k=[1,"], "cannot compose the config"),
     ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'"),

@@ -5,11 +5,15 @@ another evaluation, and a run resumed from another run dir's checkpoint (its own
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, clean_env, run_train, train_cmd
+
+from reptile_exp import rundir
 
 TINY = ["debug=smoke", "iterations=2", "eval_every=0", "eval_tasks=2", "k_eval=1", "progress=false"]
 
@@ -94,3 +98,18 @@ def test_a_run_resumed_from_another_run_dirs_checkpoint_logs_to_its_own_wandb_ru
     assert fork_id != source_id
     offline_runs = [p.name for p in (fork / "wandb").glob("offline-run-*")]
     assert offline_runs and all(name.endswith(fork_id) for name in offline_runs), offline_runs
+
+
+def test_a_process_holds_one_run_dirs_lock_at_a_time(tmp_path):
+    """A sweep's jobs run one after another in one process (the basic launcher): claiming the next run dir releases
+    the last one, so a long sweep holds one lock and one file descriptor, not one per job."""
+    first, second = tmp_path / "job0", tmp_path / "job1"
+    for d in (first, second):
+        d.mkdir()
+    rundir.claim(first)
+    with open(first / ".lock") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held
+    rundir.claim(second)
+    with open(first / ".lock") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
+    assert (second / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
