@@ -159,8 +159,6 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if finished is not None:
         return finished
     fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
-    if not cfg.evaluate_only:  # a training task too small for inner_batch: refused now, not at the first step
-        exp.dataset.sample_train(1, cfg.k, cfg.inner_batch, torch.Generator().manual_seed(0), cfg.replacement)
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank != 0:  # the other ranks only share the meta-training
         if not cfg.evaluate_only:

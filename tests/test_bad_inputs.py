@@ -164,7 +164,7 @@ CASES = [
     ("ckpt_no_outer", ["model.hidden=[8,8]", "resume={ckpt_no_outer}"], "does not fit this run (no 'outer_optimizer'"),
     # refused before the data is read or the run dir written (test_refused_before_the_data_and_the_run_dir)
     ("tf32_before_data", ["dataset=omniglot", "dataset.root={tmp}/nowhere", "precision=tf32"], "precision=tf32 is"),
-    ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),
+    ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),  # 1st step
     # a damaged file in the run dir
     ("summary_damaged", ["model.hidden=[8,8]", "hydra.run.dir={summary_damaged}"], "summary.json is not valid JSON"),
     (
@@ -173,7 +173,7 @@ CASES = [
         "config.yaml cannot be read",
     ),
 ]
-EARLY = ["tf32_before_data", "inner_batch"]
+EARLY = ["tf32_before_data"]
 
 
 def build_omniglot(base: Path) -> dict[str, Path]:

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, clean_env, final_phi, run_train, train_cmd
+from hydra import compose, initialize_config_dir
 from hydra.experimental.callback import Callback
 from wandb_records import exit_code
+
+from reptile_exp.report import penalty
 
 N = 28  # outer iterations of the fault test
 FAULTED = [
@@ -247,3 +250,10 @@ def test_stop_signal_during_the_final_evaluation_stops_it_and_the_rerun_evaluate
     assert [r for r in _records(run_dir) if "train/loss" in r] == trained  # no iteration trained (nor logged) again
     assert [r["iteration"] for r in _records(run_dir) if "final/test_mse" in r] == [20]
     assert json.loads((run_dir / "summary.json").read_text())["iterations"] == 20
+
+
+@pytest.mark.parametrize("dataset,worst", [("sine", 1e6), ("omniglot", 0.0), ("miniimagenet", 0.0)])
+def test_a_failed_job_reports_the_worst_value_of_its_metric(dataset, worst):
+    """A sweeper must rank a failed job last: MSE 1e6 (lower is better), accuracy 0 (higher is better)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        assert penalty(compose("train", overrides=[f"dataset={dataset}"])) == worst

@@ -8,12 +8,16 @@ import fcntl
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, clean_env, run_train, train_cmd
+from hydra import compose, initialize_config_dir
 
+from reptile_exp import checkpoint as ckpt
 from reptile_exp import rundir
+from reptile_exp.errors import ConfigError
 
 TINY = ["debug=smoke", "iterations=2", "eval_every=0", "eval_tasks=2", "k_eval=1", "progress=false"]
 
@@ -113,3 +117,49 @@ def test_a_process_holds_one_run_dirs_lock_at_a_time(tmp_path):
     with open(first / ".lock") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released
     assert (second / ".lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+CHANGED = {  # one other value for each knob a final evaluation depends on
+    "eval_tasks": "eval_tasks=3",
+    "k_eval": "k_eval=2",
+    "eval_batch": "eval_batch=3",
+    "eval_splits": "eval_splits=[train,test]",
+    "transductive": "transductive=true",
+    "protocols": "protocols=[{name:a}]",
+    "objective_split": "objective_split=train",
+}
+
+
+@pytest.mark.parametrize("key", rundir.FINAL_EVALUATION)
+def test_every_evaluation_knob_of_a_finished_run_is_compared(trained, key):
+    """rundir.finished_objective, in-process, with each knob of FINAL_EVALUATION changed alone."""
+    assert set(CHANGED) == set(rundir.FINAL_EVALUATION)
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[*TINY, "logger.mode=disabled", CHANGED[key]])
+    state = ckpt.load(ckpt.resolve(trained))
+    with pytest.raises(ConfigError, match=rf"evaluated otherwise \({key}(\.|:)"):
+        rundir.finished_objective(cfg, trained, state)
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        same = compose("train", overrides=[*TINY, "logger.mode=disabled"])
+    assert rundir.finished_objective(same, trained, state) is not None
+
+
+def test_a_run_dir_claimed_by_a_running_process_is_refused(tmp_path):
+    """The lock rundir.claim takes, held by another process, refuses a real run (an exclusive lock: two runs cannot
+    share it)."""
+    run_dir = tmp_path / "held"
+    run_dir.mkdir()
+    hold = (
+        "import sys, time; from pathlib import Path; from reptile_exp.rundir import claim; "
+        "claim(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], cwd=ROOT, env=clean_env(tmp_path),
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+        assert f"is in use by another run (pid {holder.pid} on" in one_error(proc)
+        assert not (run_dir / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -49,6 +49,8 @@ def test_an_unusual_valid_setting_runs_to_the_end(overrides, tmp_path):
     objective = run(cfg, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["iterations"] == cfg.iterations and math.isfinite(objective)
+    split, metric = summary["objective_name"].split("/")  # the objective is objective_split's, whatever comes first
+    assert split == cfg.objective_split and objective == summary["objective"] == summary["results"][split][metric]
 
 
 def test_a_dataset_group_alone_runs_from_the_command_line(tmp_path):
