@@ -159,3 +159,15 @@ def test_tasks_on_gpu(generator_device):
     tb = data.sample_eval(30, 4, 3, g)
     assert {t.device.type for t in (tb.x, tb.x_query, tb.batches)} == {GPU}
     check_task_structure(tb.x.cpu(), tb.y.cpu(), 2, tb.x_query.cpu(), 1)
+
+
+def test_each_class_of_a_task_draws_its_own_examples_uniformly():
+    """3 of a class's 8 examples, for each of a task's 5 classes independently (two classes draw the same example ids
+    with probability 1/C(8,3) = 1/56) and every example equally often (3/8 of the draws, within 4 standard errors)."""
+    fewshot = FewShotClassification(identity_splits(per_class=8), n_way=5, k_shot=1, train_shots=3)
+    tasks = fewshot.sample_train(2000, 1, 1, torch.Generator().manual_seed(0))
+    examples = tasks.x[:, :, 0, 0, 1].long()  # (tasks, 15) example ids
+    by_class = examples.gather(1, tasks.y.argsort(dim=1, stable=True)).view(2000, 5, 3).sort(-1).values
+    assert (by_class[:, 0] == by_class[:, 1]).all(-1).double().mean() < 0.1
+    share = torch.bincount(by_class.flatten(), minlength=8).double() / (2000 * 5)
+    assert ((share - 3 / 8).abs() < 4 * (3 / 8 * 5 / 8 / (2000 * 5)) ** 0.5).all(), share

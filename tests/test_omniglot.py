@@ -1,6 +1,7 @@
 """Omniglot loader: layouts, the official split and rotations, cache, errors (REFERENCE.md section 4)."""
 
 import io
+import os
 import random
 import socket
 import threading
@@ -79,6 +80,18 @@ def test_layouts_give_the_official_split(tmp_path, pngs, layout):
     assert sorted({n.split("/")[0] for n in train + test}) == sorted(ALPHABETS)
 
 
+@pytest.mark.parametrize("layout", ["zip", "folders"])
+def test_the_drawings_are_in_name_order_however_the_files_were_packed(tmp_path, pngs, layout):
+    """A zip or folder written in reverse order decodes to the same images: example j of a class is its j-th drawing
+    by file name, so one seed draws the same tasks from any packing of the data."""
+    packed = SmallOmniglot(str(write_omniglot(tmp_path / "sorted", pngs, layout)), cache=False)
+    backwards = dict(reversed(pngs.items()))
+    reverse = SmallOmniglot(str(write_omniglot(tmp_path / "reverse", backwards, layout)), cache=False)
+    for split in ("train", "test"):
+        assert reverse.splits[split].class_names == packed.splits[split].class_names
+        assert torch.equal(reverse.splits[split].images, packed.splits[split].images)
+
+
 def test_macos_metadata_in_zips_is_ignored(root, pngs):
     with zipfile.ZipFile(root / "images_background.zip", "a") as z:
         name = sorted(p for p in pngs if p.startswith("images_background"))[0]
@@ -155,6 +168,16 @@ def test_stale_cache_is_rebuilt(root, pngs):
     split = "test" if char in ds.splits["test"].class_names else "train"
     names = [n.removesuffix("/rot0") for n in ds.splits[split].class_names]
     assert np.array_equal(ds.splits[split].images[names.index(char), 0, 0].numpy(), reference_pixels(changed[name]))
+
+
+def test_a_source_replaced_with_one_of_its_size_invalidates_the_cache(root):
+    """The cache key holds each source's mtime, not only its size: the same bytes touched (as a same-size replacement
+    would leave them) are decoded again."""
+    SmallOmniglot(str(root))
+    source = root / "images_evaluation.zip"
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    with pytest.warns(UserWarning, match="does not match"):
+        SmallOmniglot(str(root))
 
 
 def test_corrupt_cache_is_rebuilt(root):
