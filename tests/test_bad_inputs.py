@@ -135,6 +135,11 @@ CASES = [
     ("jpeg_missing", [*MINI, "dataset.root={mini_csv}"], "is listed in a csv file but missing"),
     ("csv_row_short", [*MINI, "dataset.root={mini_csv_short}"], "expected 'filename,label', got"),
     ("val_too_few", [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=1"], "a val task needs"),
+    (  # SmallOmniglot's 30 training characters: 29 leave 4 rotated classes
+        "val_too_many",
+        [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=29"],
+        "dataset.val_characters=29 is invalid: it leaves 4 training classes for dataset.n_way=5; set it <= 28",
+    ),
     (  # the smoke check's random images hold no more examples per class than the real data
         "smoke_shots",
         ["debug=smoke", "dataset=omniglot", "dataset.train_shots=25"],

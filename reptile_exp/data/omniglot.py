@@ -84,6 +84,12 @@ class Omniglot(FewShotClassification):
                 f"dataset.val_characters={val_characters} is invalid: a val task needs dataset.n_way={n_way} of them; "
                 f"set it >= {n_way} (or 0: no val split)"
             )
+        left = 4 * (self.num_train - val_characters)  # training classes: each character in 4 rotations
+        if left < n_way:
+            raise ConfigError(
+                f"dataset.val_characters={val_characters} is invalid: it leaves {left} training classes for "
+                f"dataset.n_way={n_way}; set it <= {self.num_train - -(-n_way // 4)}"
+            )
         root = Path(root).expanduser()
         sources = find_sources(root, download)
         path = cache_file(root, cache, cache_dir, "omniglot-v1.pt")
