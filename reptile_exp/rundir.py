@@ -1,7 +1,7 @@
-"""The run dir: its W&B identity, the checkpoint a run starts from, and whether it already finished.
+"""The run dir: its lock, its W&B identity, the checkpoint a run starts from, and whether it already finished.
 
 Resuming is the run dir's job: a requeued or re-run command finds its newest checkpoint and W&B run
-id there (docs/sweeps.md); a finished run is not silently redone.
+id there (docs/sweeps.md); a finished run or evaluation is not silently redone, nor answered for other settings.
 """
 
 from __future__ import annotations
