@@ -6,6 +6,7 @@ An error midway (a full disk, a kill) leaves whatever was at the target before u
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot be created or written in (the OS's reason), or None: a script's output checked before its
+    work, not after."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None

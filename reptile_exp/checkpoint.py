@@ -26,17 +26,15 @@ class CheckpointError(ReptileExpError):
     pass
 
 
-def first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
-    """Dotted key of the first difference between two nested dicts (None when equal)."""
+def first_difference(expected: Any, found: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first difference between two nested dicts: (its dotted key, expected's value, found's), or None."""
     if isinstance(expected, dict) and isinstance(found, dict):
         for key in sorted(set(expected) | set(found), key=str):
             diff = first_difference(expected.get(key), found.get(key), f"{prefix}{key}.")
             if diff:
                 return diff
         return None
-    if expected != found:
-        return f"{prefix[:-1]}: this run has {expected!r}, the checkpoint has {found!r}"
-    return None
+    return (prefix[:-1], expected, found) if expected != found else None
 
 
 class Checkpointer:

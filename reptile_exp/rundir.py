@@ -78,11 +78,11 @@ def run_id(out_dir: Path, state: dict | None, path: Path | None = None) -> str:
     own_checkpoint = path is not None and Path(path).resolve().parent == (out_dir / "checkpoints").resolve()
     if state is not None and (path is None or own_checkpoint):
         return state["wandb_run_id"]
-    path = out_dir / "wandb_run_id"
-    if path.exists() and path.read_text().strip():
-        return path.read_text().strip()
+    recorded = out_dir / "wandb_run_id"
+    if recorded.exists() and recorded.read_text().strip():
+        return recorded.read_text().strip()
     new = uuid.uuid4().hex[:12]
-    atomic_write_text(path, new + "\n")
+    atomic_write_text(recorded, new + "\n")
     return new
 
 
@@ -126,9 +126,10 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
     diffs = (ckpt.first_difference(mine.get(key), theirs.get(key), f"{key}.") for key in sections)
     diff = next(filter(None, diffs), None)
     if diff:
+        key, ours, stored = diff
         raise ckpt.CheckpointError(
-            f"checkpoint {path} was made with another config ({diff}); resume with the checkpoint's settings or "
-            "start a new run dir (hydra.run.dir=...)"
+            f"checkpoint {path} was made with another config ({key}: this run has {ours!r}, the checkpoint has "
+            f"{stored!r}); resume with the checkpoint's settings or start a new run dir (hydra.run.dir=...)"
         )
     return state, path
 
@@ -178,8 +179,8 @@ def finished_evaluation(cfg: DictConfig, out_dir: Path) -> float | None:
 
 
 def _changed(cfg: DictConfig, out_dir: Path, keys: tuple[str, ...]) -> str | None:
-    """The first of `keys` whose value in cfg differs from the run dir's config.yaml ("key=<recorded> (this command
-    gives <cfg's>)"), the dataset's location aside; None when they agree or the run dir has no config.yaml."""
+    """The first of `keys` whose value in cfg differs from the run dir's config.yaml ("key: this command gives <cfg's>,
+    the run dir has <recorded>"), the dataset's location aside; None when they agree or there is no config.yaml."""
     written = out_dir / "config.yaml"
     if not written.exists():
         return None
@@ -191,7 +192,7 @@ def _changed(cfg: DictConfig, out_dir: Path, keys: tuple[str, ...]) -> str | Non
             mine, theirs = ({k: v for k, v in d.items() if k not in DATASET_LOCATION} for d in (mine, theirs or {}))
         diff = ckpt.first_difference(mine, theirs, f"{key}.")
         if diff:
-            return diff.replace("this run has", "this command gives").replace("the checkpoint has", "the run dir has")
+            return f"{diff[0]}: this command gives {diff[1]!r}, the run dir has {diff[2]!r}"
     return None
 
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_write_text
 from .checkpoint import PATTERN
 from .errors import first_line
-from .run_results import DamagedFile, read_json
+from .run_results import RESULT_FILES, DamagedFile, read_json
 
 log = logging.getLogger(__name__)
 FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
@@ -38,6 +38,11 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     """The jobs' output dirs (those holding .hydra/overrides.yaml), in job-number order."""
     dirs = [p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/overrides.yaml")]
     return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, str(d)))
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is one run's dir (its own .hydra/ record or results), not a sweep dir of job dirs."""
+    return (path / ".hydra").is_dir() or any((path / f).exists() for f in RESULT_FILES)
 
 
 def as_dict(items: list[str]) -> dict[str, str]:

@@ -26,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
-from reptile_exp.atomic import atomic_write_text
+from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.cli import at_least
 from reptile_exp.config_checks import composition_error, validate
 from reptile_exp.errors import ConfigError, ReptileExpError
@@ -337,12 +336,9 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = arguments()
     args = parser.parse_args(argv)
-    if args.json_out:
-        try:  # refused now, not after the timing
-            args.json_out.parent.mkdir(parents=True, exist_ok=True)
-            tempfile.TemporaryFile(dir=args.json_out.parent).close()
-        except OSError as e:
-            parser.error(f"--json-out {args.json_out}: {args.json_out.parent} is not a writable folder ({e.strerror})")
+    why = args.json_out and unwritable(args.json_out.parent)  # refused now, not after the timing
+    if why:
+        parser.error(f"--json-out {args.json_out}: {args.json_out.parent} is not a writable folder ({why})")
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; --device cpu times this CPU")

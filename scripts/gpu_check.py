@@ -26,7 +26,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from reptile_exp.atomic import atomic_write_text
+from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
 from reptile_exp.run_results import read_json
@@ -412,11 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = {name: budgets[0 if args.device == "cuda" else 1] for name, budgets in PLANS.items()} | dict(args.plan)
     out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S") / "summary.json"
     work = args.work or out.parent / f"{out.stem}_steps"
-    try:  # refused now, not after the first step
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as e:
-        parser.error(f"--out {out}: {out.parent} cannot be created or written ({e.strerror}); pass another path")
+    why = unwritable(out.parent)  # refused now, not after the first step
+    if why:
+        parser.error(f"--out {out}: {out.parent} cannot be created or written ({why}); pass another path")
     if out.exists() and not args.only:
         parser.error(f"--out {out} exists; pass a new path, or --only STEP... to re-run steps into it")
     check = Check(args.device, out, work, args.budget_s, plans)

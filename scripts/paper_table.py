@@ -19,11 +19,10 @@ import io
 import math
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from reptile_exp import paper
-from reptile_exp.atomic import atomic_write_text
+from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.errors import ReptileExpError
 from reptile_exp.run_results import Entry, entries, run_dirs
 
@@ -232,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
     out = args.out or args.dirs[0]
-    try:  # refused now, not after reading the runs
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        parser.error(f"--out {out}: cannot create or write it ({e.strerror}); pass another folder")
+    why = unwritable(out)  # refused now, not after reading the runs
+    if why:
+        parser.error(f"--out {out}: cannot create or write it ({why}); pass another folder")
     try:
         found = [e for path in args.dirs for run in runs[path] for e in entries(run)]
     except ReptileExpError as e:

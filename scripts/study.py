@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -30,9 +29,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from reptile_exp.atomic import unwritable  # noqa: E402
 from reptile_exp.errors import ReptileExpError  # noqa: E402
 from reptile_exp.run_results import read_json, read_yaml  # noqa: E402
-from reptile_exp.sweep import job_dirs, overrides  # noqa: E402
+from reptile_exp.sweep import is_run_dir, job_dirs, overrides  # noqa: E402
 
 IGNORED = ("hydra", "logger", "progress", "debug")  # overrides that do not distinguish jobs
 CURVE_STEPS = (0, 1, 5, 10)  # sine: table columns "MSE after j steps" (and after k; the final metric is after k_eval)
@@ -224,18 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     for sweep in args.dirs:
         if not sweep.is_dir():
             parser.error(f"{sweep} is not a directory: pass a multirun dir (outputs/multiruns/<date>_<time>)")
-        if (sweep / ".hydra").is_dir() or (sweep / "summary.json").exists():
+        if is_run_dir(sweep):
             multirun = "the multirun dir that holds its jobs (outputs/multiruns/<date>_<time>)"
             parser.error(f"{sweep} is a single run dir; pass {multirun}")
     out = args.out or args.dirs[0] / "study.png"
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix[1:] not in formats:
         parser.error(f"--out {out}: the figure path must end in {', '.join(f'.{f}' for f in sorted(formats))}")
-    try:  # refused now, not after the tables
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out.parent).close()
-    except OSError as e:
-        parser.error(f"--out {out}: {out.parent} cannot be created or written ({e.strerror}); pass another path")
+    why = unwritable(out.parent)  # refused now, not after the tables
+    if why:
+        parser.error(f"--out {out}: {out.parent} cannot be created or written ({why}); pass another path")
     sweeps = []
     for sweep in args.dirs:
         try:

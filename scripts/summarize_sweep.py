@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reptile_exp.sweep import job_dirs, summarize
+from reptile_exp.sweep import is_run_dir, job_dirs, summarize
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def arguments() -> argparse.ArgumentParser:
 
 def not_a_sweep(sweep_dir: Path) -> str | None:
     """Why sweep_dir is no sweep dir to summarize, or None."""
-    if (sweep_dir / ".hydra" / "overrides.yaml").exists():
+    if is_run_dir(sweep_dir):
         return "is a run dir, not a sweep dir"
     return None if job_dirs(sweep_dir) else "holds no jobs (no */.hydra/overrides.yaml)"
 
