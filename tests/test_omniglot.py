@@ -180,6 +180,18 @@ def test_a_source_replaced_with_one_of_its_size_invalidates_the_cache(root):
         SmallOmniglot(str(root))
 
 
+def test_a_cache_decoded_for_other_counts_is_not_reused(root):
+    """The cache key holds the counts the loader expects: a loader expecting one more character decodes the zips
+    again and names the mismatch, instead of serving the cache built for 40."""
+    SmallOmniglot(str(root))
+
+    class OneMoreCharacter(SmallOmniglot):
+        expected = (4, 41, 20)
+
+    with pytest.warns(UserWarning, match="does not match"), pytest.raises(DatasetError, match="expected 4 and 41"):
+        OneMoreCharacter(str(root))
+
+
 def test_corrupt_cache_is_rebuilt(root):
     first = SmallOmniglot(str(root))
     cache = root / ".reptile_exp_cache" / "omniglot-v1.pt"
