@@ -17,13 +17,12 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig
 from .errors import ConfigError, fail, first_line
-from .instantiate import instantiate, parameter_count
+from .instantiate import instantiate, locate, parameter_count
 from .memory import available_bytes
 from .protocols import parse
 
@@ -75,7 +74,7 @@ def check_known_keys(cfg: DictConfig) -> None:
 def _parameters(node: DictConfig) -> dict[str, inspect.Parameter] | None:
     """The keyword parameters of a config node's _target_; None when it has none, is not found or takes **kwargs."""
     try:
-        params = inspect.signature(get_object(node._target_)).parameters
+        params = inspect.signature(locate(node._target_)).parameters
     except (ImportError, ValueError, TypeError, OmegaConfBaseException):
         return None  # instantiate reports a target it cannot find
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -101,7 +100,7 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     whose parameters alone exceed the memory is left to experiment.build_model, which refuses it naming its size.
     """
     try:
-        data = get_object(cfg.dataset._target_)
+        data = locate(cfg.dataset._target_)
     except ImportError:
         return  # instantiate reports a target it cannot find
     shape = getattr(data, "image_shape", None) or getattr(data, "input_shape", None)

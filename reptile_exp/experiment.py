@@ -16,7 +16,6 @@ from enum import Enum
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError
@@ -25,7 +24,7 @@ from .data.fewshot import synthetic_like
 from .errors import ConfigError
 from .hardware import resolve
 from .host_memory import keep_host_memory
-from .instantiate import instantiate, parameter_count
+from .instantiate import instantiate, locate, parameter_count
 from .memory import require
 from .meta.learner import Learner, check_fast_paths, set_precision
 from .schedule import LinearAnneal
@@ -299,5 +298,12 @@ def build_dataset(cfg: DictConfig):
                 root,
             )
         d = cfg.dataset
-        return synthetic_like(get_class(d._target_), d.n_way, d.k_shot, d.train_shots, seed=cfg.seed)
+        try:
+            loader = locate(d._target_)
+        except ImportError:  # the words of instantiate's error for the real data (cli.user_error)
+            raise ConfigError(
+                f"Error locating target '{d._target_}'. full_key: dataset; check the _target_ and keys of that "
+                "config group"
+            ) from None
+        return synthetic_like(loader, d.n_way, d.k_shot, d.train_shots, seed=cfg.seed)
     return instantiate(cfg.dataset)

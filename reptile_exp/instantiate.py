@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import torch
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
@@ -18,6 +22,17 @@ def instantiate(node: DictConfig, *args):
         if isinstance(e.__cause__, ReptileExpError):
             raise e.__cause__ from None
         raise
+
+
+def locate(target: str) -> Any:
+    """The object a _target_ names (hydra.utils.get_object) without Hydra's ERROR lines when it is missing: the
+    caller's one-line error says it, so a bad target gives no more than that line (ImportError as get_object)."""
+    hydra_log = logging.getLogger("hydra.utils")
+    disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_object(target)
+    finally:
+        hydra_log.disabled = disabled
 
 
 def parameter_count(node: DictConfig) -> int | None:

@@ -41,7 +41,7 @@ class MLP(nn.Sequential):
         self, in_features: int = 1, hidden: tuple[int, ...] = (64, 64), out_features: int = 1, activation: str = "tanh"
     ):
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation={activation!r}: choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"model.activation={activation!r} is invalid: choose one of {sorted(ACTIVATIONS)}")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:

@@ -57,6 +57,14 @@ CASES = [
     ("unknown_option", ["dataset=nope"], "choose one of ['miniimagenet', 'omniglot', 'sine']"),
     ("override_syntax", ["k=[1,"], "cannot compose the config"),
     ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'"),
+    ("bad_activation", ["model.activation=foo"], "model.activation='foo' is invalid: choose one of ['relu', 'tanh']"),
+    ("bad_x_sampling", ["dataset.x_sampling=foo"], "dataset.x_sampling='foo' is invalid: choose 'grid' or 'uniform'"),
+    ("bad_model_target", ["model._target_=nope.Nope"], "Error locating target 'nope.Nope'. full_key: model"),
+    (
+        "bad_target_synthetic",
+        ["experiment=omniglot_5w1s", "synthetic_data=true", "dataset._target_=nope.Nope"],
+        "Error locating target 'nope.Nope'. full_key: dataset",
+    ),
     # validate(): ranges and cross-field checks
     ("k_zero", ["k=0"], "k=0 is invalid: must be an integer >= 1"),
     ("lr_nan", ["inner_lr=nan"], "inner_lr=nan is invalid: must be a finite number > 0"),
@@ -292,6 +300,8 @@ def test_bad_input_fails_with_one_line(outcomes, name, phrase):
     assert "Traceback" not in proc.stdout + proc.stderr, output
     errors = [line for line in proc.stderr.splitlines() if "error: " in line]
     assert len(errors) == 1 and phrase in errors[0], output
+    others = [line for line in proc.stderr.splitlines() if "ERROR" in line and line != errors[0]]
+    assert not others, f"error lines beside the one: {others}\n{output}"  # e.g. a library's own ERROR log
     run_dir = outcomes["_runs"] / name
     trained = [*run_dir.glob("checkpoints/ckpt-*.pt"), *run_dir.glob("metrics.jsonl")]
     assert not trained, f"refused only after training: {trained}\n{output}"

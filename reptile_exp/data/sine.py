@@ -37,7 +37,7 @@ class Sine:
         x_sampling: str = "grid",
     ):
         if x_sampling not in ("grid", "uniform"):
-            raise ConfigError(f"dataset.x_sampling={x_sampling!r}: choose 'grid' or 'uniform'")
+            raise ConfigError(f"dataset.x_sampling={x_sampling!r} is invalid: choose 'grid' or 'uniform'")
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
         self.n_points, self.k_shot, self.x_sampling = n_points, k_shot, x_sampling
         self.device = torch.device("cpu")
