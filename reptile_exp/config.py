@@ -162,7 +162,7 @@ RANGES = {
     "epsilon": POSITIVE,
     "epsilon_final": Range(0),
     "meta_batch": POSITIVE_INT,
-    "iterations": POSITIVE_INT,
+    "iterations": Range(1, 2**63 - 1, integer=True),  # an int64 step counter: a larger count would never end
     "k_eval": NATURAL,
     "eval_batch": POSITIVE_INT,
     "eval_tasks": POSITIVE_INT,
@@ -201,7 +201,8 @@ GROUP_RANGES = {
         "lr": POSITIVE,
         "betas": Range(0, 1, high_open=True),
         "eps": POSITIVE,
-        "momentum": Range(0),
+        "momentum": Range(0, 1, high_open=True),  # from 1 on, the heavy ball's steps grow without bound
+        "dampening": Range(0, 1),
         "weight_decay": Range(0),
     },
 }

@@ -266,9 +266,15 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_outer_optimizer(node: DictConfig) -> None:
-    """The outer optimizer's own checks (nesterov without momentum, fused with foreach, ...) on one parameter,
-    before any data is read."""
+    """The outer optimizer's own checks (nesterov without momentum, fused with foreach, ...) and one step of it on a
+    zero gradient of one parameter (an optimizer that needs a closure, sparse gradients or CUDA states fails there),
+    before any data is read. It must descend: phi moves towards the adapted weights (Reptile's outer step)."""
+    phi = torch.zeros(1, device="cpu", requires_grad=True)
     try:
-        instantiate(node)([torch.zeros(1, device="cpu", requires_grad=True)])
-    except (ValueError, RuntimeError, TypeError) as e:
+        optimizer = instantiate(node)([phi])
+        phi.grad = torch.zeros_like(phi)
+        optimizer.step()
+    except (ValueError, RuntimeError, TypeError, AssertionError) as e:
         raise ConfigError(f"outer_optimizer is invalid: {first_line(e)}; change the outer_optimizer.* values") from None
+    if optimizer.defaults.get("maximize"):
+        fail("outer_optimizer.maximize", True, "phi must descend the meta-gradient; leave it false")

@@ -271,6 +271,14 @@ BAD = [
     (("logger.tags=abc",), "logger.tags='abc' is invalid"),
     (("logger.project=null",), "logger.project=None is invalid"),
     (("paths.data_dir=[a]",), "paths.data_dir=['a'] is invalid"),
+    # the outer optimizer: ranges, and one step on a zero gradient before any data is read
+    (("iterations=99999999999999999999",), "iterations=99999999999999999999 is invalid: must be an integer in [1, "),
+    (("+outer_optimizer.momentum=1.5",), "outer_optimizer.momentum=1.5 is invalid: must be a finite number in [0, 1)"),
+    (("+outer_optimizer.dampening=-5",), "outer_optimizer.dampening=-5 is invalid: must be a finite number in [0, 1]"),
+    (("outer_optimizer=adam", "+outer_optimizer.maximize=true"), "outer_optimizer.maximize=True is invalid"),
+    (("outer_optimizer=adam", "+outer_optimizer.capturable=true"), "outer_optimizer is invalid: If capturable=True"),
+    (("outer_optimizer._target_=torch.optim.LBFGS",), "outer_optimizer is invalid: LBFGS.step() missing 1 required"),
+    (("outer_optimizer._target_=torch.optim.SparseAdam",), "outer_optimizer is invalid: SparseAdam does not support"),
 ]
 
 
