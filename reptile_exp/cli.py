@@ -26,6 +26,7 @@ from .atomic import atomic_write_text
 from .config_checks import composition_error
 from .errors import ReptileExpError
 from .report import penalty
+from .rundir import HYDRA_RECORD, settle_hydra_record
 from .signals import Interrupted, redeliver
 from .tracking import shut_down
 
@@ -56,6 +57,8 @@ def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
     once the run has checkpointed."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    if not (out_dir / HYDRA_RECORD).is_dir():  # a new dir: Hydra's record of this job at once
+        settle_hydra_record(out_dir, accepted=True)
     try:
         objective = run(cfg, out_dir)
     except Interrupted as e:
@@ -71,6 +74,8 @@ def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
             atomic_write_text(out_dir / "error.txt", message + "\n")
             return penalty(cfg)
         sys.exit(1)
+    finally:  # refused (or a finished run asked again): the dir keeps the record of the run it holds
+        settle_hydra_record(out_dir, accepted=False)
     if multirun:  # it succeeded: an earlier try's error.txt is stale
         (out_dir / "error.txt").unlink(missing_ok=True)
     if multirun and not math.isfinite(objective):  # a NaN would stop an Optuna search

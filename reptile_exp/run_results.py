@@ -16,6 +16,7 @@ import yaml
 from .errors import ReptileExpError, first_line
 
 RESULT_FILES = ("summary.json", "evaluation.json")
+REDO = "restore it, or delete it and run the same command again to redo the final evaluation from the newest checkpoint"
 
 
 class DamagedFile(ReptileExpError):
@@ -25,19 +26,27 @@ class DamagedFile(ReptileExpError):
 def read_json(path: Path) -> dict:
     """A run dir's JSON file (summary.json, evaluation.json), or DamagedFile naming it and the way out."""
     try:
-        return json.loads(Path(path).read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DamagedFile(
-            f"{path} is not valid JSON ({first_line(e)}); restore it, or delete it and run the same command again "
-            "to redo the final evaluation from the newest checkpoint"
-        ) from None
+        loaded = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise DamagedFile(f"{path} is not valid JSON ({first_line(e)}); {REDO}") from None
+    if not isinstance(loaded, dict):
+        raise DamagedFile(f"{path} is not a run's results (a JSON object); {REDO}")
+    return loaded
+
+
+def objective_of(results: dict, path: Path) -> float:
+    """The objective a run's results (read_json of `path`) hold, or DamagedFile naming the file."""
+    objective = results.get("objective")
+    if isinstance(objective, bool) or not isinstance(objective, (int, float)):
+        raise DamagedFile(f"{path} holds no objective (a number); {REDO}")
+    return objective
 
 
 def read_yaml(path: Path) -> dict:
     """A run dir's config.yaml, or DamagedFile naming it."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as e:
         raise DamagedFile(f"{path} cannot be read ({first_line(e)}); restore it, or use a new run dir") from None
     if not isinstance(loaded, dict):
         raise DamagedFile(f"{path} is not a config (a YAML mapping); restore it, or use a new run dir")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ from . import checkpoint as ckpt
 from .atomic import atomic_write_text
 from .errors import ConfigError, first_line
 from .experiment import ADDED, DATASET_LOCATION, fingerprint
-from .run_results import read_json, read_yaml
+from .run_results import DamagedFile, objective_of, read_json, read_yaml
 
 # The knobs a final evaluation's results depend on besides the trained phi (a finished run re-run with others is
 # refused, not answered with the old results)
@@ -148,18 +149,48 @@ def restore(exp, state: dict, path: Path, training: bool) -> None:
         ) from None
 
 
-def refuse_training_dir(cfg: DictConfig, out_dir: Path) -> None:
-    """evaluate_only=true must not write into a training run's dir: its config.yaml, metrics and W&B run would be
-    the evaluation's."""
-    if not cfg.evaluate_only:
+HYDRA_RECORD, PENDING_RECORD = ".hydra", ".hydra.pending"  # hydra.output_subdir is the latter (conf/hydra)
+
+
+def settle_hydra_record(job_dir: Path, accepted: bool) -> None:
+    """Hydra writes a job's record (config.yaml, hydra.yaml, overrides.yaml) into .hydra.pending/ before the job
+    runs; it becomes the dir's .hydra/ where there is none yet or once the run is accepted (its checks passed), and is
+    dropped otherwise: a refused command leaves another run's record as it was (sweeps read a job's overrides there).
+    """
+    pending, record = job_dir / PENDING_RECORD, job_dir / HYDRA_RECORD
+    if not pending.is_dir():
         return
-    written = out_dir / "config.yaml"  # a training run's from its start (an evaluation's dir has one too)
-    trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
-    if trained or (written.exists() and not read_yaml(written).get("evaluate_only", False)):
+    if accepted or not record.is_dir():
+        record.mkdir(exist_ok=True)
+        for f in pending.iterdir():
+            os.replace(f, record / f.name)
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def refuse_other_kind(cfg: DictConfig, out_dir: Path) -> None:
+    """A training and an evaluate-only run never share a dir: the one would overwrite the other's config.yaml,
+    metrics, plots and W&B run."""
+    written = out_dir / "config.yaml"  # from a run's start, training or evaluation
+    if cfg.evaluate_only:
+        trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
+        if trained or (written.exists() and not read_yaml(written).get("evaluate_only", False)):
+            raise ConfigError(
+                f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "
+                f"hydra.run.dir to a new folder (checkpoint={out_dir} evaluates this run)"
+            )
+    elif (out_dir / "evaluation.json").exists() or _says_evaluate_only(written):
         raise ConfigError(
-            f"hydra.run.dir={out_dir} holds a training run, which evaluate_only=true would overwrite; set "
-            f"hydra.run.dir to a new folder (checkpoint={out_dir} evaluates this run)"
+            f"hydra.run.dir={out_dir} holds an evaluate-only run, which training would overwrite; set hydra.run.dir "
+            "to a new folder"
         )
+
+
+def _says_evaluate_only(config: Path) -> bool:
+    """Whether a run dir's config.yaml is an evaluate-only run's; a damaged one (training rewrites it) is not."""
+    try:
+        return config.exists() and bool(read_yaml(config).get("evaluate_only"))
+    except DamagedFile:
+        return False
 
 
 def finished_evaluation(cfg: DictConfig, out_dir: Path) -> float | None:
@@ -175,7 +206,7 @@ def finished_evaluation(cfg: DictConfig, out_dir: Path) -> float | None:
             "overwrite=true to replace it"
         )
     log.info("this evaluation already finished; its results are in %s (overwrite=true to redo it)", result)
-    return read_json(result)["objective"]
+    return objective_of(read_json(result), result)
 
 
 def _changed(cfg: DictConfig, out_dir: Path, keys: tuple[str, ...]) -> str | None:
@@ -244,7 +275,7 @@ def finished_objective(cfg: DictConfig, out_dir: Path, state: dict | None) -> fl
             "was pruned" if pruned else "finished",
             summary_path,
         )
-        return summary["objective"]
+        return objective_of(summary, summary_path)
     found = f"its newest checkpoint is at iteration {state['iteration']}" if state else "it has no checkpoint"
     raise ConfigError(
         f"overwrite=false is invalid here: {out_dir} holds a finished run's results (summary.json) and {found}, "

@@ -140,11 +140,11 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     """
     validate(cfg)
     rank = distributed.setup(cfg.device.value, cfg.meta_batch)
-    out_dir = Path(distributed.from_rank0(str(out_dir)))
+    job_dir, out_dir = out_dir, Path(distributed.from_rank0(str(out_dir)))
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         rundir.claim(out_dir)
-    rundir.refuse_training_dir(cfg, out_dir)
+    rundir.refuse_other_kind(cfg, out_dir)
     evaluated = rundir.finished_evaluation(cfg, out_dir)
     if evaluated is not None:
         return evaluated
@@ -159,6 +159,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if finished is not None:
         return finished
     fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
+    rundir.settle_hydra_record(job_dir, accepted=True)  # the run owns the dir: its Hydra record is the one
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank != 0:  # the other ranks only share the meta-training
         if not cfg.evaluate_only:

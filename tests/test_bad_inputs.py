@@ -180,6 +180,10 @@ CASES = [
     ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),  # 1st step
     # a damaged file in the run dir
     ("summary_damaged", ["model.hidden=[8,8]", "hydra.run.dir={summary_damaged}"], "summary.json is not valid JSON"),
+    ("summary_list", ["model.hidden=[8,8]", "hydra.run.dir={summary_list}"], "summary.json is not a run's results"),
+    ("summary_empty", ["model.hidden=[8,8]", "hydra.run.dir={summary_empty}"], "summary.json holds no objective"),
+    ("summary_folder", ["model.hidden=[8,8]", "hydra.run.dir={summary_folder}"], "summary.json is not valid JSON"),
+    ("train_into_evaluation", ["hydra.run.dir={evaluation_dir}"], "holds an evaluate-only run, which training would"),
     (
         "config_damaged",
         ["evaluate_only=true", "checkpoint=init", "hydra.run.dir={config_damaged}"],
@@ -257,6 +261,16 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
     for name, damaged in (("summary_damaged", "summary.json"), ("config_damaged", "config.yaml")):
         paths[name] = shutil.copytree(base / "ckpt_run", base / name)
         (paths[name] / damaged).write_text((paths[name] / damaged).read_text()[:40] + "\n: [")
+    for name, text in (("summary_list", "[1]"), ("summary_empty", "{}"), ("summary_folder", None)):
+        paths[name] = shutil.copytree(base / "ckpt_run", base / name)
+        if text is None:
+            (paths[name] / "summary.json").unlink()
+            (paths[name] / "summary.json").mkdir()
+        else:
+            (paths[name] / "summary.json").write_text(text)
+    paths["evaluation_dir"] = base / "evaluation_dir"  # what an evaluate-only run leaves
+    paths["evaluation_dir"].mkdir()
+    (paths["evaluation_dir"] / "evaluation.json").write_text('{"objective": 0.5}')
     (paths["config_damaged"] / "summary.json").unlink()  # an evaluation's dir: no training results
     shutil.rmtree(paths["config_damaged"] / "checkpoints")
     return paths
@@ -320,6 +334,10 @@ def test_the_damaged_files_are_left_as_they_were(outcomes):
     assert (runs / "summary_damaged" / "summary.json").read_text().endswith(": [")
     assert (runs / "config_damaged" / "config.yaml").read_text().endswith(": [")
     assert not (runs / "config_damaged" / "evaluation.json").exists()
+    assert (runs / "summary_list" / "summary.json").read_text() == "[1]"
+    evaluation = runs / "evaluation_dir"
+    assert (evaluation / "evaluation.json").read_text() == '{"objective": 0.5}'
+    assert not [p.name for p in evaluation.iterdir() if p.name in ("config.yaml", "metrics.jsonl", "plots")]
 
 
 def test_the_refusals_name_their_fix_and_leave_the_training_dir_as_it_was(outcomes):

@@ -71,11 +71,16 @@ def test_runs_started_together_get_a_run_dir_each(tmp_path):
 
 def test_a_finished_run_asked_for_another_evaluation_is_refused(trained, tmp_path):
     summary = (trained / "summary.json").read_bytes()
+    record = {f.name: f.read_bytes() for f in (trained / ".hydra").iterdir()}  # Hydra's config and overrides
+    assert "overrides.yaml" in record
     proc = run_train(tmp_path, *TINY, "logger.mode=disabled", "eval_tasks=3", f"hydra.run.dir={trained}", check=False)
     error = one_error(proc)
     assert "holds a finished run evaluated otherwise (eval_tasks: this command gives 3, the run dir has 2)" in error
     assert f"evaluate_only=true checkpoint={trained}" in error
     assert (trained / "summary.json").read_bytes() == summary
+    # the refused command's overrides do not relabel the run (a sweep summary reads them there)
+    assert {f.name: f.read_bytes() for f in (trained / ".hydra").iterdir()} == record
+    assert not (trained / rundir.PENDING_RECORD).exists()
     again = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={trained}")
     assert "this run already finished" in again.stderr
 
