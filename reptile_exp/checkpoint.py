@@ -99,7 +99,29 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {reason}{ELSEWHERE}") from None
     if not isinstance(state, dict) or "phi" not in state:
         raise CheckpointError(f"checkpoint {path} is not a reptile_exp checkpoint (no 'phi' entry){ELSEWHERE}")
+    wrong = next((key for key, kind in ENTRIES.items() if key in state and not kind(state[key])), None)
+    if wrong is not None or "iteration" not in state:
+        entry = wrong or "iteration"
+        raise CheckpointError(f"checkpoint {path} has a damaged {entry!r} entry ({state.get(entry)!r:.60}){ELSEWHERE}")
+    bad = next((name for name, w in state["phi"].items() if not torch.isfinite(w).all()), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights ({bad}): the run diverged before it was written; pass an "
+            "earlier checkpoint of that run (ckpt-*.pt in its checkpoints/), or train in a new run dir"
+        )
     return state
+
+
+# The entries a checkpoint may hold (older ones lack some) and what each must be: what load refuses in one line
+# (a hand-edited or foreign file) instead of a traceback where the entry is used.
+ENTRIES = {
+    "phi": lambda v: isinstance(v, dict) and all(isinstance(w, torch.Tensor) for w in v.values()),
+    "iteration": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    **{
+        key: lambda v: isinstance(v, dict)
+        for key in ("fingerprint", "rng", "scheduler", "outer_optimizer", "inner_state", "loss_window")
+    },
+}
 
 
 def resolve(path: str | Path) -> Path:

@@ -117,6 +117,11 @@ def load_for(cfg: DictConfig, checkpointer: ckpt.Checkpointer, evaluate_only: bo
             raise ConfigError("checkpoint=None is invalid: evaluate_only=true needs checkpoint=<file or run dir>")
         return None, None
     state, path = loaded
+    if not evaluate_only and state["iteration"] > cfg.iterations:
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} is at iteration {state['iteration']}, past iterations={cfg.iterations}; resume with "
+            "the iterations it was trained to, or pass another checkpoint"
+        )
     mine, theirs = fingerprint(cfg), state.get("fingerprint", {})
     if evaluate_only:
         mine, theirs = {"model": mine["model"]}, {"model": theirs.get("model")}
@@ -140,7 +145,7 @@ def restore(exp, state: dict, path: Path, training: bool) -> None:
     (renamed or resized weights, a missing entry) refused in one line."""
     try:
         exp.load_state_dict(state, training=training)
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
         words = " ".join(str(e).split())  # torch's state_dict errors put their reason on the second line
         reason = f"no {e} entry" if isinstance(e, KeyError) else words[:160] + "..." * (len(words) > 160)
         raise ckpt.CheckpointError(

@@ -175,6 +175,12 @@ CASES = [
     # the same fingerprint, entries that do not fit: renamed weights, a missing entry
     ("ckpt_renamed", ["model.hidden=[8,8]", "resume={ckpt_renamed}"], "does not fit this run (Error(s) in loading"),
     ("ckpt_no_outer", ["model.hidden=[8,8]", "resume={ckpt_no_outer}"], "does not fit this run (no 'outer_optimizer'"),
+    ("ckpt_nan", ["model.hidden=[8,8]", "resume={ckpt_nan}"], "holds non-finite weights (0.weight): the run diverged"),
+    ("ckpt_nan_eval", ["model.hidden=[8,8]", "evaluate_only=true", "checkpoint={ckpt_nan}"], "non-finite weights"),
+    ("ckpt_iteration", ["model.hidden=[8,8]", "resume={ckpt_iteration}"], "has a damaged 'iteration' entry ('ten')"),
+    ("ckpt_fingerprint", ["model.hidden=[8,8]", "resume={ckpt_fingerprint}"], "has a damaged 'fingerprint' entry"),
+    ("ckpt_rng", ["model.hidden=[8,8]", "resume={ckpt_rng}"], "does not fit this run ("),
+    ("ckpt_future", ["model.hidden=[8,8]", "resume={ckpt_future}"], "is at iteration 1000000, past iterations=2"),
     # refused before the data is read or the run dir written (test_refused_before_the_data_and_the_run_dir)
     ("tf32_before_data", ["dataset=omniglot", "dataset.root={tmp}/nowhere", "precision=tf32"], "precision=tf32 is"),
     ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),  # 1st step
@@ -258,6 +264,16 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
     paths["ckpt_renamed"], paths["ckpt_no_outer"] = base / "ckpt_renamed.pt", base / "ckpt_no_outer.pt"
     torch.save({**state, "phi": {f"x{n}": p for n, p in state["phi"].items()}}, paths["ckpt_renamed"])
     torch.save({k: v for k, v in state.items() if k != "outer_optimizer"}, paths["ckpt_no_outer"])
+    edits = {  # entries of the wrong type or value, as a hand edit or another program would leave them
+        "ckpt_nan": {"phi": {n: torch.full_like(p, float("nan")) for n, p in state["phi"].items()}},
+        "ckpt_iteration": {"iteration": "ten"},
+        "ckpt_fingerprint": {"fingerprint": "abc"},
+        "ckpt_rng": {"rng": {"tasks": "abc"}},
+        "ckpt_future": {"iteration": 1000000},
+    }
+    for name, edit in edits.items():
+        paths[name] = base / f"{name}.pt"
+        torch.save({**state, **edit}, paths[name])
     for name, damaged in (("summary_damaged", "summary.json"), ("config_damaged", "config.yaml")):
         paths[name] = shutil.copytree(base / "ckpt_run", base / name)
         (paths[name] / damaged).write_text((paths[name] / damaged).read_text()[:40] + "\n: [")
