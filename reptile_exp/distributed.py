@@ -54,7 +54,7 @@ def setup(device: str, meta_batch: int) -> int:
     A second call in the same process (several jobs of a multirun) reuses the group.
     """
     _export_submitit_env()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _env_int("WORLD_SIZE", 1) <= 1:
         return 0
     unset = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
     if unset:
@@ -62,6 +62,10 @@ def setup(device: str, meta_batch: int) -> int:
             f"WORLD_SIZE={os.environ['WORLD_SIZE']} is set but {', '.join(unset)} not: launch the ranks with torchrun "
             "(or the submitit launcher), or unset WORLD_SIZE for a single process"
         )
+    size, rank, port = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("MASTER_PORT", 0)
+    if not 0 <= rank < size or not 0 < port < 65536:
+        bad = f"RANK={rank} (WORLD_SIZE={size})" if not 0 <= rank < size else f"MASTER_PORT={port}"
+        raise ConfigError(f"{bad} is invalid: a rank in [0, WORLD_SIZE), a port in [1, 65535]; launch with torchrun")
     global _cpu_group
     if not dist.is_initialized():
         # Imported after the group exists (torch.optim imports it), torch._dynamo keeps references to it, so
@@ -71,7 +75,8 @@ def setup(device: str, meta_batch: int) -> int:
 
         cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if cuda:
-            torch.cuda.set_device(cuda_device(int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()))
+            torch.cuda.set_device(cuda_device(_env_int("LOCAL_RANK", 0), torch.cuda.device_count()))
+        log.info("rank %d of %d: waiting for the others at %s:%d", rank, size, os.environ["MASTER_ADDR"], port)
         dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
         _cpu_group = dist.new_group(backend="gloo") if cuda else None
         atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
@@ -82,6 +87,16 @@ def setup(device: str, meta_batch: int) -> int:
         logging.getLogger("reptile_exp").setLevel(logging.WARNING)  # rank 0 reports
     log.info("rank %d of %d (%s)", rank, size, dist.get_backend())
     return rank
+
+
+def _env_int(name: str, default: int) -> int:
+    """An integer environment variable of the launcher (torchrun, SLURM through submitit), or one line naming it."""
+    value = os.environ.get(name, str(default))
+    try:
+        return int(value)
+    except ValueError:
+        fix = "launch with torchrun, or unset it"
+        raise ConfigError(f"{name}={value!r} is invalid: must be an integer; {fix}") from None
 
 
 def cuda_device(local_rank: int, visible: int) -> int:

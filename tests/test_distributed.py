@@ -140,6 +140,30 @@ def test_a_rank_that_sees_no_gpu_is_told_in_one_line():
         distributed.cuda_device(1, 0)
 
 
+@pytest.mark.parametrize(
+    "env,words",
+    [
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is invalid: must be an integer"),
+        ({"WORLD_SIZE": "1.5"}, "WORLD_SIZE='1.5' is invalid: must be an integer"),
+        ({"RANK": "5"}, "RANK=5 (WORLD_SIZE=2) is invalid: a rank in [0, WORLD_SIZE)"),
+        ({"RANK": "-1"}, "RANK=-1 (WORLD_SIZE=2) is invalid"),
+        ({"MASTER_PORT": "notaport"}, "MASTER_PORT='notaport' is invalid: must be an integer"),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is invalid: a rank in [0, WORLD_SIZE), a port in [1, 65535]"),
+    ],
+)
+def test_launcher_variables_that_cannot_make_a_group_are_one_line(monkeypatch, env, words):
+    """Refused before joining: a rank outside the world or a port that is no port would wait for peers (30 min)."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as err:
+        distributed.setup("cpu", 4)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not dist.is_initialized()
+
+
 def test_a_stray_world_size_without_the_other_variables_is_one_line(monkeypatch):
     """WORLD_SIZE left in the environment (torch's env:// then raises a ValueError naming RANK)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
