@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .atomic import atomic_write_text
 from .errors import ConfigError, first_line
+from .run_results import DamagedFile
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,23 @@ class MetricsFile:
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict]:
+        """The records; a line cut short by a kill mid-write is skipped, anything else not a record is DamagedFile."""
         if not self.path.exists():
             return []
+        fix = "restore it, or move it away to start the metrics afresh"
+        try:
+            lines = self.path.read_text().splitlines()
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise DamagedFile(f"{self.path} cannot be read ({first_line(e)}); {fix}") from None
         records = []
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(lines, 1):
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                record = json.loads(line)
+            except json.JSONDecodeError:
                 continue
+            if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
+                raise DamagedFile(f"{self.path} line {number} is not a metrics record (no iteration): {fix}")
+            records.append(record)
         return records
 
     def append(self, record: dict) -> None:

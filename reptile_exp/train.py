@@ -159,6 +159,8 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if finished is not None:
         return finished
     fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
+    if rank == 0 and not cfg.evaluate_only:  # before config.yaml: a metrics file that is not ours stops the run here
+        MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
     rundir.settle_hydra_record(job_dir, accepted=True)  # the run owns the dir: its Hydra record is the one
     atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if rank != 0:  # the other ranks only share the meta-training
@@ -167,8 +169,6 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
                 meta_train(exp, distributed.Muted(), distributed.Muted(), None, stop)
         distributed.leave()  # once rank 0 has evaluated and written its summary
         return report.penalty(cfg)  # never read: launchers take rank 0's objective
-    if not cfg.evaluate_only:
-        MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
     run_id = rundir.run_id(out_dir, None if cfg.evaluate_only else state, path)
     name, group, job_type = rundir.run_identity(cfg)
     start = time.time()

@@ -189,6 +189,8 @@ CASES = [
     ("summary_list", ["model.hidden=[8,8]", "hydra.run.dir={summary_list}"], "summary.json is not a run's results"),
     ("summary_empty", ["model.hidden=[8,8]", "hydra.run.dir={summary_empty}"], "summary.json holds no objective"),
     ("summary_folder", ["model.hidden=[8,8]", "hydra.run.dir={summary_folder}"], "summary.json is not valid JSON"),
+    ("metrics_foreign", ["hydra.run.dir={metrics_foreign}"], "metrics.jsonl line 1 is not a metrics record"),
+    ("metrics_bytes", ["model.hidden=[8,8]", "hydra.run.dir={metrics_bytes}"], "metrics.jsonl cannot be read"),
     ("train_into_evaluation", ["hydra.run.dir={evaluation_dir}"], "holds an evaluate-only run, which training would"),
     (
         "config_damaged",
@@ -284,6 +286,13 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
             (paths[name] / "summary.json").mkdir()
         else:
             (paths[name] / "summary.json").write_text(text)
+    paths["metrics_foreign"] = base / "metrics_foreign"  # a folder of someone else's files
+    paths["metrics_foreign"].mkdir()
+    (paths["metrics_foreign"] / "config.yaml").write_text("mine: 1\n")
+    (paths["metrics_foreign"] / "metrics.jsonl").write_text('{"mine": 1}\n')
+    paths["metrics_bytes"] = shutil.copytree(base / "ckpt_run", base / "metrics_bytes")
+    (paths["metrics_bytes"] / "summary.json").unlink()  # unfinished: it would resume and truncate its metrics
+    (paths["metrics_bytes"] / "metrics.jsonl").write_bytes(b"\xff\xfe{}\n")
     paths["evaluation_dir"] = base / "evaluation_dir"  # what an evaluate-only run leaves
     paths["evaluation_dir"].mkdir()
     (paths["evaluation_dir"] / "evaluation.json").write_text('{"objective": 0.5}')
@@ -351,6 +360,8 @@ def test_the_damaged_files_are_left_as_they_were(outcomes):
     assert (runs / "config_damaged" / "config.yaml").read_text().endswith(": [")
     assert not (runs / "config_damaged" / "evaluation.json").exists()
     assert (runs / "summary_list" / "summary.json").read_text() == "[1]"
+    assert (runs / "metrics_foreign" / "config.yaml").read_text() == "mine: 1\n"
+    assert (runs / "metrics_bytes" / "metrics.jsonl").read_bytes() == b"\xff\xfe{}\n"
     evaluation = runs / "evaluation_dir"
     assert (evaluation / "evaluation.json").read_text() == '{"objective": 0.5}'
     assert not [p.name for p in evaluation.iterdir() if p.name in ("config.yaml", "metrics.jsonl", "plots")]
