@@ -34,6 +34,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
+from reptile_exp import fits
 from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.cli import at_least
 from reptile_exp.config_checks import composition_error, validate
@@ -172,6 +173,8 @@ def bench_preset(preset: str, args, device: torch.device, cfgs: dict) -> dict:
     variants = args.variants or DEFAULT_VARIANTS[device.type]
     plain_cfg = cfgs["plain"]
     engines = {v: build(cfgs[v]) for v in variants}
+    for exp in engines.values():  # a step or an evaluation chunk that cannot fit: one line, before any timing
+        fits.check(exp, training=True)
     serial = Serial(plain_cfg)
     eval_tasks, serial_eval_tasks = args.eval_tasks, args.serial_eval_tasks
     # name -> (outer step, evaluation of n tasks with a seed, settings); precision and deterministic kernels are
@@ -375,7 +378,10 @@ def main(argv: list[str] | None = None) -> dict:
         set_precision(device, "tf32")
         ceilings["tf32"] = matmul_gflops(device, torch.float32, n, repeats)
         set_precision(device, "highest")
-    presets = {p: bench_preset(p, args, device, cfgs[p]) for p in args.presets}
+    try:
+        presets = {p: bench_preset(p, args, device, cfgs[p]) for p in args.presets}
+    except ReptileExpError as e:  # a contender this machine cannot run (--overrides device=cuda on a CPU, a size)
+        parser.error(str(e))
     report = {
         "command": " ".join(["python", "scripts/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
         "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({os.cpu_count()} cores): {cpu_name()}",

@@ -2,6 +2,7 @@
 defect 8), and nothing is timed before scripts/benchmark.py's inputs are checked."""
 
 import pytest
+import torch
 from conftest import script
 
 from reptile_exp.measure import ceiling_size
@@ -57,3 +58,21 @@ def test_a_bad_contender_config_or_json_out_is_refused_before_anything_is_timed(
             bench.main(["--device", "cpu", "--quick", "--presets", "sine", *args])
         err = capsys.readouterr().err
         assert exit.value.code == 2 and message in err.splitlines()[-1], (args, err)
+
+
+def test_a_contender_this_machine_cannot_run_is_one_usage_line(capsys):
+    """Checked as its engine is built, before its timing: a CUDA device on a machine without one, a meta-batch
+    that cannot fit (fits.check, as train.py checks it)."""
+    bench = script("benchmark")
+    for overrides, message in (
+        (["device=cuda"], "device='cuda' is invalid: no CUDA GPU is visible here"),
+        (["meta_batch=100000000"], "meta_batch=100000000: one outer step needs about"),
+    ):
+        if overrides == ["device=cuda"] and torch.cuda.is_available():
+            continue  # the GPU is there: nothing to refuse
+        with pytest.raises(SystemExit) as exit:
+            bench.main(
+                ["--device", "cpu", "--quick", "--presets", "sine", "--variants", "plain", "--overrides", *overrides]
+            )
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and message in err.splitlines()[-1], (overrides, err)
