@@ -183,9 +183,10 @@ GROUP_RANGES = {
         "train_shots": POSITIVE_INT,
         "val_characters": NATURAL,
         "n_points": POSITIVE_INT,
-        "amplitude": Range(),
-        "phase": Range(),
-        "x_range": Range(),
+        # sine intervals: float32 curves (a wider x_range overflowed; a huge amplitude was reported as divergence)
+        "amplitude": Range(-1e6, 1e6),
+        "phase": Range(-1e6, 1e6),
+        "x_range": Range(-1e6, 1e6),
     },
     "model": {
         "in_features": POSITIVE_INT,

@@ -271,6 +271,8 @@ BAD = [
     (("logger.tags=abc",), "logger.tags='abc' is invalid"),
     (("logger.project=null",), "logger.project=None is invalid"),
     (("paths.data_dir=[a]",), "paths.data_dir=['a'] is invalid"),
+    (("dataset.x_range=[-1e300,1e300]",), "dataset.x_range=[-1e+300, 1e+300] is invalid: must be a finite number in"),
+    (("dataset.amplitude=[1e200,1e200]",), "dataset.amplitude=[1e+200, 1e+200] is invalid"),
     # the outer optimizer: ranges, and one step on a zero gradient before any data is read
     (("iterations=99999999999999999999",), "iterations=99999999999999999999 is invalid: must be an integer in [1, "),
     (("+outer_optimizer.momentum=1.5",), "outer_optimizer.momentum=1.5 is invalid: must be a finite number in [0, 1)"),
