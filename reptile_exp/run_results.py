@@ -23,14 +23,21 @@ class DamagedFile(ReptileExpError):
     """A run dir's file (summary.json, evaluation.json, config.yaml, metrics.jsonl) that does not parse."""
 
 
-def read_json(path: Path) -> dict:
-    """A run dir's JSON file (summary.json, evaluation.json), or DamagedFile naming it and the way out."""
+SUMMARY_KEYS = ("objective_name", "objective", "results", "iterations", "seconds")  # what every reader takes
+
+
+def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """A run dir's JSON file (summary.json, evaluation.json) holding `keys`, or DamagedFile naming it and the way
+    out."""
     try:
         loaded = json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
         raise DamagedFile(f"{path} is not valid JSON ({first_line(e)}); {REDO}") from None
     if not isinstance(loaded, dict):
         raise DamagedFile(f"{path} is not a run's results (a JSON object); {REDO}")
+    missing = [key for key in keys if key not in loaded]
+    if missing:
+        raise DamagedFile(f"{path} lacks {', '.join(missing)}; {REDO}")
     return loaded
 
 
@@ -118,14 +125,14 @@ def _training_time(run: Path) -> tuple[float | None, str]:
         return total, ""
     summary = run / "summary.json"
     if summary.exists():
-        return read_json(summary)["seconds"], " (with its final evaluation)"
+        return read_json(summary, ("seconds",))["seconds"], " (with its final evaluation)"
     return None, ""
 
 
 def entries(run: Path) -> list[Entry]:
     """Every protocol's test result of a run dir (legacy runs: one, from config.yaml's knobs)."""
     result_file = next(run / f for f in RESULT_FILES if (run / f).exists())
-    result = read_json(result_file)
+    result = read_json(result_file, ("results",))
     cfg = read_yaml(run / "config.yaml")
     training, train_seconds, note = cfg, None, ""
     if result_file.name == "evaluation.json":

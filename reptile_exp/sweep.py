@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_write_text
 from .checkpoint import PATTERN
 from .errors import first_line
-from .run_results import RESULT_FILES, DamagedFile, read_json
+from .run_results import RESULT_FILES, SUMMARY_KEYS, DamagedFile, read_json
 
 log = logging.getLogger(__name__)
 FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
@@ -64,7 +64,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     # a training job's summary, or an evaluate_only job's
     summary = next((p for p in (job_dir / "summary.json", job_dir / "evaluation.json") if p.exists()), None)
     try:
-        s = None if summary is None else read_json(summary)
+        s = None if summary is None else read_json(summary, SUMMARY_KEYS)
     except DamagedFile as e:
         s, row["status"], row["error"] = None, "damaged", str(e)
     if s is not None:

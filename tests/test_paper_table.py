@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import ROOT, run_train, script
 
@@ -137,10 +138,14 @@ def test_an_out_that_cannot_be_written_is_refused_before_reading_the_runs(tmp_pa
     assert f"--out {tmp_path / 'file' / 'out'}: cannot create or write it (Not a directory)" in proc.stderr
 
 
-def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path):
+@pytest.mark.parametrize(
+    "text,words",
+    [('{"iterations": 6', "is not valid JSON"), ("[1]", "is not a run's results"), ("{}", "lacks results")],
+)
+def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, text, words):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text('{"iterations": 6')  # cut short
+    (run / "summary.json").write_text(text)  # cut short, or not a run's summary
     proc = _render(run)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith(f"error: {run / 'summary.json'} is not valid JSON"), proc.stderr
+    assert proc.stderr.startswith(f"error: {run / 'summary.json'} {words}"), proc.stderr

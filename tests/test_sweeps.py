@@ -267,3 +267,24 @@ def test_launcher_presets_compose_and_every_slurm_field_is_overridable():
     assert cfg._target_.endswith("SlurmLauncher")
     assert {k: (list(cfg[k]) if k == "setup" else cfg[k]) for k in slurm} == slurm
     assert cfg.tasks_per_node == 4  # one task (torch.distributed rank) per GPU
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ("[1]", "is not a run's results (a JSON object)"),
+        ("{}", "lacks objective_name, objective, results, iterations, seconds"),
+        ('{"objective_name": "test/mse", "objective": 0.5}', "lacks results, iterations, seconds"),
+    ],
+)
+def test_a_summary_without_a_runs_fields_is_a_damaged_job(tmp_path, text, words):
+    """Valid JSON that is not a run's summary (hand-edited, another program's): a damaged row naming what it lacks,
+    not a KeyError that ends the sweep summary."""
+    from reptile_exp.sweep import job_row
+
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- k=2\n")
+    (job / "summary.json").write_text(text)
+    row = job_row(job, tmp_path / "sweep")
+    assert row["status"] == "damaged" and row["k"] == "2" and words in row["error"], row
