@@ -42,6 +42,13 @@ def user_error(e: Exception) -> str | None:
             f"no space left writing {e.filename or 'a file'} ({e.strerror}); the checkpoints already written are "
             "kept: free disk space (or move paths.log_dir) and re-run the same command to resume"
         )
+    if isinstance(e, (IsADirectoryError, NotADirectoryError, FileExistsError)) and e.filename:
+        wanted = "file" if isinstance(e, IsADirectoryError) else "folder"
+        place = e.filename2 or e.filename  # os.replace(temporary file, its place) names the place second
+        return (
+            f"{place} is in the way ({e.strerror}): the run keeps a {wanted} there; move it, or use a new run dir "
+            "(hydra.run.dir=...)"
+        )
     if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ImportError, TypeError)):
         reason = " ".join(str(e).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").split())
         return f"{reason}; check the _target_ and keys of that config group"

@@ -191,6 +191,16 @@ CASES = [
     ("summary_folder", ["model.hidden=[8,8]", "hydra.run.dir={summary_folder}"], "summary.json is not valid JSON"),
     ("metrics_foreign", ["hydra.run.dir={metrics_foreign}"], "metrics.jsonl line 1 is not a metrics record"),
     ("metrics_bytes", ["model.hidden=[8,8]", "hydra.run.dir={metrics_bytes}"], "metrics.jsonl cannot be read"),
+    (
+        "config_folder",
+        ["model.hidden=[8,8]", "overwrite=true", "hydra.run.dir={config_folder}"],
+        "config.yaml is in the way (Is a directory): the run keeps a file there",
+    ),
+    (
+        "checkpoints_file",
+        ["model.hidden=[8,8]", "overwrite=true", "hydra.run.dir={checkpoints_file}"],
+        "checkpoints is in the way (File exists): the run keeps a folder there",
+    ),
     ("train_into_evaluation", ["hydra.run.dir={evaluation_dir}"], "holds an evaluate-only run, which training would"),
     (
         "config_damaged",
@@ -293,6 +303,13 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
     paths["metrics_bytes"] = shutil.copytree(base / "ckpt_run", base / "metrics_bytes")
     (paths["metrics_bytes"] / "summary.json").unlink()  # unfinished: it would resume and truncate its metrics
     (paths["metrics_bytes"] / "metrics.jsonl").write_bytes(b"\xff\xfe{}\n")
+    for name, blocked, becomes_folder in (
+        ("config_folder", "config.yaml", True),
+        ("checkpoints_file", "checkpoints", False),
+    ):
+        paths[name] = shutil.copytree(base / "ckpt_run", base / name)  # a folder where a file goes, or the reverse
+        (shutil.rmtree if (paths[name] / blocked).is_dir() else Path.unlink)(paths[name] / blocked)
+        (paths[name] / blocked).mkdir() if becomes_folder else (paths[name] / blocked).write_text("")
     paths["evaluation_dir"] = base / "evaluation_dir"  # what an evaluate-only run leaves
     paths["evaluation_dir"].mkdir()
     (paths["evaluation_dir"] / "evaluation.json").write_text('{"objective": 0.5}')
