@@ -9,7 +9,16 @@ import torch
 from reptile_exp.data.fewshot import FewShotClassification, FewShotSplit
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import TaskBatch
-from reptile_exp.evaluate import DRAW_BLOCK, _non_transductive_logits, ci95, evaluate, task_chunks
+from reptile_exp.evaluate import (
+    DRAW_BLOCK,
+    _non_transductive_logits,
+    chunk_size,
+    ci95,
+    evaluate,
+    task_bytes,
+    task_chunks,
+)
+from reptile_exp.measure import peak_memory_mb
 from reptile_exp.meta.learner import Learner
 from reptile_exp.meta.optim import SGD, Adam
 from reptile_exp.meta.reference import SerialReptile
@@ -140,6 +149,16 @@ def test_sine_curve_starts_at_the_initialisation_and_has_k_eval_plus_one_points(
     assert out["mse_curve"][0] == pytest.approx(unadapted, rel=1e-6)
 
 
+@pytest.mark.parametrize("steps", [0, 1, 5])
+def test_sine_without_the_curve_scores_the_mse_after_all_k_eval_steps(steps):
+    learner, phi = _sine_learner()
+    scored = [
+        evaluate(learner, phi, {}, Sine(), "test", 20, steps, 10, torch.Generator().manual_seed(0), 8, curve=curve)
+        for curve in (False, True)
+    ]
+    assert scored[0] == {"mse": scored[1]["mse_curve"][-1], "mse_ci95": scored[1]["mse_ci95"]}
+
+
 @pytest.mark.parametrize("dataset", [_dataset(), Sine()], ids=["fewshot", "sine"])
 def test_the_seed_alone_fixes_the_test_tasks_whatever_the_chunk(dataset):
     """Memory budgets, devices and transductive or not pick different chunks; the tasks must not change."""
@@ -175,3 +194,41 @@ def test_the_interval_is_1_96_sample_standard_errors():
     """ci95 of 50 zeros and 50 ones: 1.96 * sqrt(25/99) / 10 (the sample standard deviation, n - 1)."""
     values = torch.tensor([0.0, 1.0] * 50, dtype=torch.float64)
     assert ci95(values) == pytest.approx(1.96 * math.sqrt(25 / 99) / 10, rel=1e-12)
+
+
+def test_a_chunk_is_the_most_whole_tasks_that_fit_in_memory_mb_or_the_requested_count():
+    """At least one task, at most the evaluation's; below that, one more task would not fit in memory_mb MiB."""
+    for per_task in (1, 1000, 2**20 - 1, 2**20, 2**20 + 1, 3 * 2**20, 10**9):
+        for tasks in (1, 7, 10**6):
+            for memory_mb in (0.5, 1, 3, 2048):
+                chunk, budget = chunk_size(per_task, tasks, memory_mb), memory_mb * 2**20
+                assert 1 <= chunk <= tasks
+                assert chunk == 1 or chunk * per_task <= budget, (per_task, tasks, memory_mb)
+                assert chunk == tasks or (chunk + 1) * per_task > budget, (per_task, tasks, memory_mb)
+                for requested in (1, 5, 2000):
+                    assert chunk_size(per_task, tasks, memory_mb, requested) == min(requested, tasks)
+
+
+@pytest.mark.parametrize("task_conv", ["grouped", "bmm"])
+def test_the_task_memory_estimate_covers_a_measured_evaluation_and_not_twice_over(task_conv):
+    """evaluate.task_bytes against the peak tensor memory of real evaluations (float32, chunks of 2 and 4 tasks,
+    inner minibatches of 20 and 40 inputs), term by term: the bytes per input through the model (the slope over the
+    minibatch) and those per task whatever its inputs (phi's copies, the inner Adam state). Each must cover what was
+    measured (or a chunk outgrows eval_memory_mb) and not be twice it (a chunk half the size the budget allows): per
+    task measured 1.3x (grouped) and 1.1x (bmm); per input, a looser count of activations, 1.8x and 2.2x (at most
+    2.5x), so doubling or halving either count fails here."""
+    torch.manual_seed(0)
+    model = OmniglotConvNet(3)
+    learner = Learner(model, Adam(0.01), "cross_entropy", "sum", task_conv=task_conv)
+    phi = {n: p.detach() for n, p in model.named_parameters()}
+    state, dataset = _trained_state(learner, phi), _dataset(k_shot=1)  # 10 inputs per task, fewer than a minibatch
+
+    def peak(tasks, batch):
+        run = lambda: evaluate(learner, phi, state, dataset, "test", tasks, 3, batch, torch.Generator(), tasks)  # noqa: E731
+        return peak_memory_mb(run, torch.device("cpu")) * 2**20
+
+    per_input = (peak(4, 40) - peak(4, 20)) / (4 * 20)
+    per_task = (peak(4, 20) - peak(2, 20)) / 2 - 20 * per_input
+    estimate = [task_bytes(learner, phi, (1, 28, 28), n) for n in (0, 1)]
+    assert 1 <= (estimate[1] - estimate[0]) / per_input <= 2.5
+    assert 1 <= estimate[0] / per_task < 2

@@ -4,6 +4,7 @@ bad protocol entries fail with one line naming the entry."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,9 +13,10 @@ import yaml
 from conftest import run_train
 from hydra import compose, initialize_config_dir
 
-from reptile_exp import protocols
+from reptile_exp import protocols, report
 from reptile_exp.config import register_schema
-from reptile_exp.errors import ConfigError
+from reptile_exp.data.sine import Sine
+from reptile_exp.errors import ConfigError, Diverged
 from reptile_exp.experiment import build_dataset
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -98,7 +100,10 @@ def test_no_protocols_is_one_protocol_of_the_top_level_knobs():
         ("[{name: a, shots: 1}]", "protocols[0].shots is not a protocol field"),
         ("[{name: a, k_shot: 0}]", "protocols[0].k_shot=0 is invalid"),
         ("[{name: a, k_shot: abc}]", "protocols[0].k_shot='abc' is invalid"),
+        ("[{name: a, k_shot: true}]", "protocols[0].k_shot=True is invalid: must be an integer >= 1"),
         ("[{name: a, eval_batch: 1.5}]", "protocols[0].eval_batch=1.5 is invalid"),
+        ("[{name: a, eval_batch: true}]", "protocols[0].eval_batch=True is invalid: must be an integer >= 1"),
+        ("[{name: a, k_eval: false}]", "protocols[0].k_eval=False is invalid: must be an integer >= 0"),
         ("[{name: a, k_eval: -1}]", "protocols[0].k_eval=-1 is invalid"),
         ("[{name: a, transductive: maybe}]", "protocols[0].transductive='maybe' is invalid"),
         ("[{name: a}, {name: a, k_shot: 5}]", "protocols[1].name='a' is invalid"),
@@ -112,6 +117,30 @@ def test_bad_protocol_entries_give_one_line(entries, phrase):
     with pytest.raises(ConfigError) as e:
         protocols.parse(cfg)
     assert str(e.value).startswith(phrase) and "\n" not in str(e.value)
+
+
+def test_protocols_share_an_adaptation_only_when_they_differ_in_transduction_alone():
+    """report.shared_adaptation: every other field changes the adaptation, so it separates the protocols."""
+    first = protocols.Protocol("a", 1, False, 5, 3)
+    for field in dataclasses.fields(protocols.Protocol)[1:]:
+        value = getattr(first, field.name)
+        other = dataclasses.replace(
+            first, name="b", **{field.name: not value if isinstance(value, bool) else value + 1}
+        )
+        shared = field.name == "transductive"
+        assert report.shared_adaptation([first, other]) == ([[first, other]] if shared else [[first], [other]])
+
+
+def test_a_protocol_k_shot_holds_while_it_is_evaluated_and_the_dataset_k_shot_comes_back():
+    """report.shots, also when the evaluation raises (a diverged protocol)."""
+    dataset = Sine()
+    k_shot = dataset.k_shot
+    with report.shots(dataset, k_shot + 3):
+        assert dataset.k_shot == k_shot + 3
+    assert dataset.k_shot == k_shot
+    with pytest.raises(Diverged), report.shots(dataset, k_shot + 3):
+        raise Diverged("the evaluation diverged")
+    assert dataset.k_shot == k_shot
 
 
 def test_protocols_that_cannot_be_evaluated_give_one_line():
