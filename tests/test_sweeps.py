@@ -2,6 +2,8 @@
 sweep, the sweep summary and the launcher presets. The Optuna search: tests/test_optuna_sweeper.py."""
 
 import csv
+import json
+import math
 import shutil
 import socket
 import subprocess
@@ -269,6 +271,77 @@ def test_launcher_presets_compose_and_every_slurm_field_is_overridable():
     assert cfg.tasks_per_node == 4  # one task (torch.distributed rank) per GPU
 
 
+def fake_job(sweep, number: int, overrides: str, summary: dict | str | None = None, **files: str):
+    """Job dir <sweep>/<number> as a multirun leaves it: .hydra/overrides.yaml (`overrides`: "k=2 seed=0"), the
+    summary.json (a dict as JSON, a str as it is) and `files` by name (error.txt, checkpoints/ckpt-00000050.pt)."""
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides.split()))
+    if summary is not None:
+        (job / "summary.json").write_text(summary if isinstance(summary, str) else json.dumps(summary))
+    for name, text in files.items():
+        (job / name).parent.mkdir(parents=True, exist_ok=True)
+        (job / name).write_text(text)
+    return job
+
+
+def finished(name: str, objective: float, **extra) -> dict:
+    """A finished job's summary.json, objective `name` (test/accuracy, test/mse); NaN as the run writes it."""
+    value = objective if math.isfinite(objective) else str(objective)
+    split, metric = name.split("/")
+    results = {split: {metric: value}}
+    return {"objective_name": name, "objective": value, "results": results, "iterations": 10, "seconds": 1.0, **extra}
+
+
+@pytest.mark.parametrize(
+    "name, objectives, best",
+    [
+        ("test/accuracy", [0.5, 0.7, 0.6, 0.9], "0.7 (job 2 `k=2`)"),
+        ("test/mse", [0.5, 0.7, 0.6, 0.1], "0.5 (job 1 `k=1`)"),
+    ],
+    ids=["accuracy-highest", "mse-lowest"],
+)
+def test_the_best_job_is_the_finished_one_with_the_best_objective(tmp_path, name, objectives, best):
+    """Accuracy: the highest; mse: the lowest. A diverged job (NaN), a pruned one (its objective from an evaluation
+    before its end, here the best of all), a failed and an incomplete one are no candidates."""
+    from reptile_exp.sweep import summarize
+
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, "k=0", finished(name, math.nan))
+    for k, objective in enumerate(objectives[:3], 1):
+        fake_job(sweep, k, f"k={k}", finished(name, objective))
+    fake_job(sweep, 4, "k=4", finished(name, objectives[3], pruned_at=5))
+    fake_job(sweep, 5, "k=5", **{"error.txt": "RuntimeError: out of memory"})
+    fake_job(sweep, 6, "k=6")
+    md = summarize(sweep)["md"].read_text()
+    assert "7 jobs: 4 finished, 1 pruned, 1 failed, 1 incomplete" in md
+    assert f"\nBest {name}: {best}\n" in md
+
+
+def test_the_jobs_are_in_job_number_order(tmp_path):
+    """Job 10 after job 9, not after job 1: the rows follow the sweep's order (Hydra numbers its jobs 0, 1, ...)."""
+    from reptile_exp.sweep import job_dirs, summarize
+
+    sweep = tmp_path / "sweep"
+    for k in reversed(range(12)):
+        fake_job(sweep, k, f"k={k}", finished("test/mse", 1.0 + k))
+    assert [d.name for d in job_dirs(sweep)] == [str(k) for k in range(12)]
+    rows = read_csv(summarize(sweep)["csv"])
+    assert [(r["job"], r["k"]) for r in rows] == [(str(k), str(k)) for k in range(12)]
+
+
+def test_an_unfinished_job_shows_the_last_iteration_it_checkpointed(tmp_path):
+    from reptile_exp.sweep import job_row
+
+    sweep = tmp_path / "sweep"
+    checkpoints = {f"checkpoints/ckpt-{i:08d}.pt": "" for i in (150, 50, 100)}
+    incomplete = job_row(fake_job(sweep, 0, "k=1", **checkpoints), sweep)
+    failed = job_row(fake_job(sweep, 1, "k=2", **checkpoints, **{"error.txt": "Diverged: ..."}), sweep)
+    assert (incomplete["status"], incomplete["iteration"]) == ("incomplete", 150)
+    assert (failed["status"], failed["iteration"]) == ("failed", 150)
+    assert job_row(fake_job(sweep, 2, "k=3"), sweep)["iteration"] == 0  # stopped before its first checkpoint
+
+
 @pytest.mark.parametrize(
     "text,words",
     [
@@ -282,9 +355,5 @@ def test_a_summary_without_a_runs_fields_is_a_damaged_job(tmp_path, text, words)
     not a KeyError that ends the sweep summary."""
     from reptile_exp.sweep import job_row
 
-    job = tmp_path / "sweep" / "0"
-    (job / ".hydra").mkdir(parents=True)
-    (job / ".hydra" / "overrides.yaml").write_text("- k=2\n")
-    (job / "summary.json").write_text(text)
-    row = job_row(job, tmp_path / "sweep")
+    row = job_row(fake_job(tmp_path / "sweep", 0, "k=2", text), tmp_path / "sweep")
     assert row["status"] == "damaged" and row["k"] == "2" and words in row["error"], row
