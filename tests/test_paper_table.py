@@ -1,10 +1,15 @@
-"""scripts/paper_table.py (issue 14): the paper's Tables 1 and 2 rendered from run, evaluation and sweep dirs."""
+"""scripts/paper_table.py (issue 14): the paper's Tables 1 and 2 rendered from run, evaluation and sweep dirs; the
+paper's numbers (reptile_exp/paper.py) are those of docs/REFERENCE.md."""
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
+import functools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +17,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, run_train, script
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from reptile_exp import paper
+from reptile_exp.config import register_schema
 from reptile_exp.evaluate import ci95
+from reptile_exp.run_results import Entry
 
 SCRIPT = ROOT / "scripts" / "paper_table.py"
+REPTILE = next(r for r in paper.ROWS if r.label == "Reptile")
 
 
 def _render(*args: Path) -> subprocess.CompletedProcess:
@@ -149,3 +159,130 @@ def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, text, words):
     proc = _render(run)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith(f"error: {run / 'summary.json'} {words}"), proc.stderr
+
+
+@functools.cache
+def _preset_config(column: paper.Column) -> dict:
+    """The config.yaml of a run of the column's preset: the paper's settings (tests/test_paper_presets.py)."""
+    register_schema()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[f"experiment={column.dataset}_{column.n_way}w{column.k_shot}s"])
+    return OmegaConf.to_container(cfg, enum_to_str=True)
+
+
+def entry(column: paper.Column, accuracy: float = 0.9, ci95: float = 0.01, seed: int = 0, **otherwise) -> Entry:
+    """One run's test result (over 1000 tasks) in `column`, trained and evaluated with the paper's settings but for
+    `otherwise` (a setting of the column: an Entry field, a config key or a dataset key)."""
+    training = copy.deepcopy(_preset_config(column))
+    fields = {"eval_batch": column.eval_batch, "k_eval": column.k_eval, "iterations": column.iterations}
+    for knob, value in otherwise.items():
+        (fields if knob in fields else training if knob in training else training["dataset"])[knob] = value
+    return Entry(
+        run=Path(f"run{seed}"),
+        dataset=column.dataset,
+        algorithm="reptile",
+        n_way=column.n_way,
+        k_shot=column.k_shot,
+        transductive=False,
+        seed=seed,
+        accuracy=accuracy,
+        ci95=ci95,
+        tasks=1000,
+        training=training,
+        train_seconds=3600.0,
+        train_seconds_note="",
+        eval_seconds=60.0,
+        device="cpu",
+        synthetic=False,
+        eval_precision="highest",
+        **fields,
+    )
+
+
+@pytest.mark.parametrize(
+    "table, method, ours, inside",
+    [
+        (paper.TABLE1, "Reptile", (95.0, 1.0), "yes"),  # paper 95.39 +- 0.09: 0.39 off, within our 1.0
+        (paper.TABLE2, "MAML + transduction", (47.5, 0.3), "no"),  # paper 48.70 +- 1.84: 1.2 off, beyond our 0.3
+    ],
+)
+def test_the_papers_mean_is_inside_when_our_interval_reaches_it(table, method, ours, inside):
+    """Our 95% interval decides, not the paper's +- (which the paper does not define, REFERENCE.md section 5)."""
+    column, row = paper.columns(table)[0], next(r for r in paper.ROWS if r.label == method)
+    r = script("paper_table").row(table, column, row, [entry(column, ours[0] / 100, ours[1] / 100)])
+    assert (r["ours"], r["paper_inside"]) == (f"{ours[0]:.2f} +- {ours[1]:.2f}", inside)
+
+
+def test_the_spread_over_runs_is_the_sample_standard_deviation():
+    column, accuracies = paper.COLUMNS[0], [90.0, 92.0, 97.0]
+    found = [entry(column, a / 100, seed=seed) for seed, a in enumerate(accuracies)]
+    r = script("paper_table").row(paper.TABLE1, column, REPTILE, found)
+    sd = math.sqrt(sum((a - 93.0) ** 2 for a in accuracies) / (len(accuracies) - 1))  # n - 1: a sample of seeds
+    assert r["over_runs"] == f"93.00 (sd {sd:.2f}, 3 runs)" == "93.00 (sd 3.61, 3 runs)" and r["seeds"] == "0 1 2"
+
+
+@pytest.mark.parametrize(
+    "iterations, schedule",
+    [
+        ([50_000], "50,000 iterations (shortened: the paper's is 100,000)"),
+        ([100_000], "100,000 iterations (the paper's schedule)"),
+        ([200_000], "200,000 iterations (the paper's is 100,000)"),
+        ([50_000, 100_000], "50,000/100,000 iterations (the paper's is 100,000)"),  # the longest is the paper's
+    ],
+)
+def test_the_training_schedule_is_called_shortened_only_when_every_run_trained_less(iterations, schedule):
+    column = paper.COLUMNS[0]
+    found = [entry(column, seed=seed, iterations=i) for seed, i in enumerate(iterations)]
+    assert script("paper_table").row(paper.TABLE1, column, REPTILE, found)["schedule"] == schedule
+
+
+CELL = ("table", "dataset", "n_way", "k_shot")  # what picks a column; its other fields are the paper's settings
+
+
+@pytest.mark.parametrize("setting", [f.name for f in dataclasses.fields(paper.Column) if f.name not in CELL])
+def test_every_setting_a_run_differs_from_the_paper_in_is_named(setting):
+    """Each of the paper's settings of a column (Appendix A, reptile_exp/paper.py) that the run used otherwise is
+    named in the row: a training knob (scripts/paper_table.py TRAINING_KNOBS) or an evaluation one in "differs",
+    the outer iterations in the schedule."""
+    table, column = script("paper_table"), paper.COLUMNS[-1]
+    same = table.row(column.table, column, REPTILE, [entry(column)])
+    assert same["differs"] == "none" and same["schedule"].endswith("(the paper's schedule)")
+    value = 2 * getattr(column, setting)
+    r = table.row(column.table, column, REPTILE, [entry(column, **{setting: value})])
+    if setting == "iterations":
+        assert r["schedule"] == f"{value:,} iterations (the paper's is {column.iterations:,})"
+    else:
+        assert r["differs"] == f"{setting} {value} (paper {getattr(column, setting)})"
+
+
+def _reference_tables() -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """docs/REFERENCE.md section 7 (the paper's Tables 1 and 2, a copy of ../shared/REFERENCE.md) as paper.RESULTS
+    is keyed, each table's column headings checked against paper.COLUMNS' labels."""
+    reference = ROOT / "docs" / "REFERENCE.md"
+    assert reference.is_file(), f"{reference} is missing: copy ../shared/REFERENCE.md there"
+    section = reference.read_text().split("## 7. ")[1].split("\n## ")[0]
+    found, table = {}, None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+        if not cells or set(cells[0]) <= {"-"}:
+            continue
+        if "+-" not in line:  # a table's heading row: `| Omniglot | 1-shot 5-way | ...`
+            table = next(t for t, title in paper.TITLES.items() if title.endswith(f": {cells[0]}"))
+            way = re.search(r"\d+-way", cells[0])
+            labels = [c if way is None else f"{c} {way[0]}" for c in cells[1:]]
+            assert labels == [c.label for c in paper.columns(table)], line
+            continue
+        found[(table, cells[0])] = [tuple(float(x) for x in c.split("+-")) for c in cells[1:]]
+    return found
+
+
+def test_the_papers_results_are_those_of_the_reference():
+    """reptile_exp/paper.py's RESULTS, every mean and +-, are REFERENCE.md section 7's; its ROWS are that section's
+    methods, transductive where the method says "+ transduction"."""
+    reference = _reference_tables()
+    assert len(reference) == 8 and paper.RESULTS == reference
+    for table in paper.TITLES:
+        assert [r.label for r in paper.ROWS] == [label for t, label in reference if t == table]
+    for row in paper.ROWS:
+        algorithm, *transduction = row.label.split(" + ")
+        assert (row.algorithm, row.transductive) == (algorithm.lower(), transduction == ["transduction"]), row
