@@ -1,9 +1,13 @@
 """The W&B mode rule (reptile_exp/tracking.py): explicit modes kept; "auto" is online with credentials, offline
-without, and WANDB_MODE wins over it. Credentials are read from a real netrc file in tmp_path."""
+without, and WANDB_MODE wins over it. Credentials are read from a real netrc file in tmp_path. The metrics file and
+the summary stay valid JSON when a number is not finite."""
+
+import json
 
 import pytest
+from omegaconf import OmegaConf
 
-from reptile_exp.tracking import choose_mode, has_credentials
+from reptile_exp.tracking import MetricsFile, Tracker, choose_mode, has_credentials
 
 MODES = ("online", "offline", "disabled")
 
@@ -45,3 +49,22 @@ def test_no_credentials_without_key_or_matching_netrc_entry(tmp_path):
     assert not has_credentials({"NETRC": netrc_file(tmp_path, "wandb.example.org")})
     (tmp_path / "broken").write_text("machine\n")
     assert not has_credentials({"NETRC": str(tmp_path / "broken")})
+
+
+def _strict_json(text: str):
+    """json.loads refusing NaN and Infinity, which Python writes but JSON has not (jq, JavaScript reject them)."""
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text!r}"))
+
+
+def test_numbers_that_are_not_finite_are_written_as_strings(tmp_path):
+    """A diverged loss (nan), an mse that overflowed (inf, -inf): the metrics record and the summary stay valid
+    JSON, those values as "nan", "inf", "-inf", every other value as it was."""
+    record = {"iteration": 3, "train/loss": float("nan"), "eval/mse": float("inf"), "eval/neg": -float("inf")}
+    kept = {"train/eps": 0.5, "tasks": 2, "final": True, "name": "x", "none": None}
+    written = {"iteration": 3, "train/loss": "nan", "eval/mse": "inf", "eval/neg": "-inf", **kept}
+    metrics = MetricsFile(tmp_path / "metrics.jsonl")
+    metrics.append({**record, **kept})
+    assert [_strict_json(line) for line in metrics.path.read_text().splitlines()] == [written]
+    with Tracker(OmegaConf.create({"logger": {"mode": "disabled"}}), tmp_path, "id", "run") as tracker:
+        tracker.summarize({**record, **kept}, tmp_path / "summary.json")
+    assert _strict_json((tmp_path / "summary.json").read_text()) == written
