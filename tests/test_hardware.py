@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 from conftest import ROOT, run_train
+from fake_cuda import CUDA
 from hydra import compose, initialize_config_dir
 
 from reptile_exp import hardware
@@ -38,6 +39,21 @@ def test_without_cpuinfo_flags_onednns_check_decides(tmp_path):
     assert cpu_flags(_cpuinfo(tmp_path, None)) is None and cpu_flags(tmp_path / "nowhere") is None
     found, why = native_bf16(CPU, _cpuinfo(tmp_path, None))
     assert found is torch.ops.mkldnn._is_mkldnn_bf16_supported() and "oneDNN" in why
+
+
+@pytest.mark.parametrize(
+    "capability,native",
+    [((6, 1), False), ((7, 5), False), ((8, 0), True), ((8, 6), True), ((9, 0), True)],
+    ids=["6.1", "7.5", "8.0", "8.6", "9.0"],
+)
+def test_a_gpu_has_native_bf16_from_compute_capability_8(monkeypatch, capability, native):
+    """Ampere (8.0) and later; a T4 (7.5) or a P100 (6.x) emulates it. The capability is the driver's answer (no
+    driver here: a stand-in gives it), for the device asked about."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or capability)
+    assert native_bf16(CUDA) == (native, f"compute capability {capability[0]}.{capability[1]}") and asked == [CUDA]
+    _, precision, chosen = resolve(CUDA, "none", "auto", model=OmniglotConvNet())
+    assert precision == ("bf16" if native else "highest") and f"compute capability {capability[0]}." in chosen
 
 
 def test_the_cpu_is_named_with_its_family_and_model(tmp_path):
