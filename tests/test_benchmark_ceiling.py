@@ -1,11 +1,16 @@
 """The benchmark's matmul ceiling (reptile_exp/measure.py) measures at a size that saturates the device (issue 11,
-defect 8), and nothing is timed before scripts/benchmark.py's inputs are checked."""
+defect 8), the best of its repeats, and nothing is timed before scripts/benchmark.py's inputs are checked; a run's
+peak memory is in MiB."""
 
 import pytest
 import torch
 from conftest import script
 
-from reptile_exp.measure import ceiling_size
+from reptile_exp import measure
+from reptile_exp.measure import ceiling_size, matmul_gflops, run_peak_memory_mb
+from reptile_exp.memory import _proc_bytes
+
+CPU = torch.device("cpu")
 
 
 def _device(gflop_s: float, launch_s: float = 0.0):
@@ -35,6 +40,42 @@ def test_a_slow_dtype_stops_growing_within_the_budget_and_n_max_holds():
     assert ceiling_size(product_seconds, n_max=2048) == 512
     assert max(timed) == 512  # 2 x 512^3 at 1 GFLOP/s: 0.27 s; 1024 would take 2.1 s
     assert ceiling_size(_device(100_000)[0], n_max=1024) == 1024
+
+
+def test_the_size_is_the_largest_whose_product_the_budget_allows():
+    """Over devices from 0.1 GFLOP/s to 10 TFLOP/s, 1% apart: every product timed after the first fits the 0.5 s
+    budget, and the size chosen is n_max or one whose next size (8x the work) would not fit."""
+    budget, n_max = 0.5, 16384
+    for step in range(1200):
+        gflop_s = 0.1 * 1.01**step
+        product_seconds, timed = _device(gflop_s)
+        n = ceiling_size(product_seconds, n_max, budget)
+        assert n == timed[-1] and all(product_seconds(size) <= budget for size in timed[1:]), (gflop_s, timed)
+        assert n == n_max or product_seconds(2 * n) > budget, (gflop_s, timed)
+
+
+def test_the_ceiling_is_the_best_of_the_repeats(monkeypatch):
+    """A timing that something else slowed down (here the second of three repeats, made 1 s longer) does not lower
+    the ceiling: it is 2 n^3 FLOPs over the fastest repeat. The products and their timings are real."""
+    timings = []
+
+    def seconds(fn, device):
+        timings.append(real(fn, device) + (1.0 if len(timings) == 2 else 0.0))
+        return timings[-1]
+
+    real = measure.seconds
+    monkeypatch.setattr(measure, "seconds", seconds)
+    gflop_s = matmul_gflops(CPU, torch.float32, n_max=256, repeats=3)
+    assert len(timings) == 1 + 3  # the size's probe (n_max: no larger size), then the repeats
+    assert gflop_s == 2 * 256**3 / min(timings[1:]) / 1e9
+
+
+def test_a_cpu_runs_peak_memory_is_the_peak_resident_set_in_mib():
+    """ru_maxrss is in KiB on Linux: the peak matches the kernel's VmHWM (/proc/self/status), in MiB."""
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is None:
+        pytest.skip("no /proc/self/status VmHWM (not Linux)")
+    assert run_peak_memory_mb(CPU) == pytest.approx(peak / 2**20, rel=0.01)  # KiB, not kB: 2.4% apart
 
 
 def test_a_bad_contender_config_or_json_out_is_refused_before_anything_is_timed(tmp_path, monkeypatch, capsys):
