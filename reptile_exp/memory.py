@@ -1,7 +1,8 @@
 """The memory a device has available, and the one-line refusal of a configuration that cannot fit in it (issue 22).
 
 On the CPU the least of: the kernel's MemAvailable, the headroom under the process's address-space limit
-(RLIMIT_AS, as `ulimit -v` and some schedulers set it) and under its cgroup's memory limit. On CUDA the driver's
+(RLIMIT_AS, as `ulimit -v` and some schedulers set it) and under the memory limits of its cgroup and the cgroups
+above it (cgroup v2 or v1; a SLURM job's limit is on a cgroup below the mount's root). On CUDA the driver's
 free memory plus what PyTorch's caching allocator holds unused. A configuration refused here would otherwise grow
 until the kernel's OOM killer ends it, or a neighbour's job on a shared node.
 """
@@ -15,8 +16,15 @@ import torch
 
 from .errors import ConfigError
 
+PROC_CGROUP, CGROUP_MOUNT = Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")
+# a /proc/self/cgroup line's controller -> (its folder under the mount, the limit file, the usage file)
+CGROUP_MEMORY = {
+    "": ("", "memory.max", "memory.current"),
+    "memory": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes"),
+}
 
-def available_bytes(device: torch.device) -> int:
+
+def available_bytes(device: torch.device, proc_cgroup: Path = PROC_CGROUP, mount: Path = CGROUP_MOUNT) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
@@ -24,10 +32,23 @@ def available_bytes(device: torch.device) -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         limits.append(soft - (_proc_bytes("/proc/self/status", "VmSize") or 0))
-    cgroup = Path("/sys/fs/cgroup")
-    if (cgroup / "memory.max").exists() and (limit := (cgroup / "memory.max").read_text().strip()) != "max":
-        limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    limits += cgroup_headroom(proc_cgroup, mount)
     return max(0, min(x for x in limits if x is not None))
+
+
+def cgroup_headroom(proc_cgroup: Path = PROC_CGROUP, mount: Path = CGROUP_MOUNT) -> list[int]:
+    """The headroom (limit less usage) under each memory limit set on this process's cgroup (`proc_cgroup`) and the
+    cgroups above it, those visible under `mount` (a container sees its own cgroup as the mount's root)."""
+    headroom = []
+    for line in proc_cgroup.read_text().splitlines() if proc_cgroup.exists() else []:
+        _, controllers, path = line.split(":", 2)
+        for controller in set(controllers.split(",")) & CGROUP_MEMORY.keys():
+            folder, limit, usage = CGROUP_MEMORY[controller]
+            parts = Path(path).parts[1:]
+            for cgroup in (mount / folder / Path(*parts[:n]) for n in range(len(parts), -1, -1)):
+                if (cgroup / limit).exists() and (value := (cgroup / limit).read_text().strip()) != "max":
+                    headroom.append(int(value) - int((cgroup / usage).read_text()))
+    return headroom
 
 
 def require(need: int, what: str, fix: str, device: torch.device, have: int | None = None) -> None:

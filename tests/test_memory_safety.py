@@ -3,7 +3,8 @@ cannot fit in the memory available is refused in one line before it is allocated
 
 Each case runs the real command line under an address-space cap (RLIMIT_AS, set in the child), never by
 exhausting the machine: without the checks the same commands end in a raw allocation traceback under the cap (and
-grow until the OOM killer ends them without it).
+grow until the OOM killer ends them without it). The memory available is read from fake cgroup trees in tmp_path
+and, on CUDA, from the driver's answers (stood in: no driver here).
 """
 
 import dataclasses
@@ -15,12 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 from conftest import ROOT, clean_env, train_cmd
+from fake_cuda import CUDA
 from hydra import compose, initialize_config_dir
 
 from reptile_exp.experiment import build
 from reptile_exp.fits import sampled_bytes
+from reptile_exp.memory import available_bytes, cgroup_headroom
 
 CAP = 8 * 2**30
+MIB = 2**20
 FAST = ["debug=smoke", "iterations=2", "eval_every=0"]
 CASES = {  # id -> (overrides, exit status, the key phrase of the one error line; None: no error)
     "meta_batch": (["meta_batch=1000000"], 1, r"meta_batch=1000000: one outer step needs about [\d.]+ GiB but "),
@@ -83,6 +87,62 @@ def test_the_meta_batch_that_fits_is_the_available_memory_over_one_tasks_share(o
     ).groups()
     per_task = float(need) / 100000
     assert int(fit.replace(",", "")) * per_task == pytest.approx(float(have), rel=0.06), line
+
+
+# id -> (/proc/self/cgroup, {file under the cgroup mount: its text}, the headroom under each limit, innermost first)
+CGROUPS = {
+    "slurm-v2": (  # the job's limit is on a cgroup above the step's, none at the root
+        "0::/system.slice/job_7/step_0\n",
+        {
+            "system.slice/job_7/step_0/memory.max": "max",
+            "system.slice/job_7/step_0/memory.current": f"{60 * MIB}",
+            "system.slice/job_7/memory.max": f"{256 * MIB}",
+            "system.slice/job_7/memory.current": f"{64 * MIB}",
+            "system.slice/memory.max": "max",
+            "system.slice/memory.current": f"{900 * MIB}",
+        },
+        [192 * MIB],
+    ),
+    "slurm-v1": (  # the limit on the job's cgroup; the root's "unlimited" is PAGE_COUNTER_MAX pages
+        "9:name=systemd:/\n4:memory:/slurm/uid_1/job_7\n2:cpu,cpuacct:/\n0::/\n",
+        {
+            "memory/slurm/uid_1/job_7/memory.limit_in_bytes": f"{128 * MIB}",
+            "memory/slurm/uid_1/job_7/memory.usage_in_bytes": f"{32 * MIB}",
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+            "memory/memory.usage_in_bytes": f"{1024 * MIB}",
+        },
+        [96 * MIB, 9223372036854771712 - 1024 * MIB],
+    ),
+    "container-v2": ("0::/\n", {"memory.max": f"{512 * MIB}", "memory.current": f"{128 * MIB}"}, [384 * MIB]),
+    "container-v1": (  # no cgroup namespace: the path is the host's, the mount's root is the container's cgroup
+        "4:memory:/docker/abc\n",
+        {"memory/memory.limit_in_bytes": f"{200 * MIB}", "memory/memory.usage_in_bytes": f"{50 * MIB}"},
+        [150 * MIB],
+    ),
+    "unlimited-v2": ("0::/user.slice\n", {"user.slice/memory.max": "max", "user.slice/memory.current": "1"}, []),
+}
+
+
+@pytest.mark.parametrize("name", CGROUPS)
+def test_the_memory_available_counts_the_limits_of_the_cgroups_the_process_is_in(tmp_path, name):
+    proc_cgroup, files, headroom = CGROUPS[name]
+    (tmp_path / "cgroup").write_text(proc_cgroup)
+    for path, text in files.items():
+        (tmp_path / "mount" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mount" / path).write_text(text + "\n")
+    assert cgroup_headroom(tmp_path / "cgroup", tmp_path / "mount") == headroom
+    if headroom:  # far below this machine's MemAvailable: the least of the limits
+        assert available_bytes(torch.device("cpu"), tmp_path / "cgroup", tmp_path / "mount") == min(headroom)
+
+
+def test_the_memory_available_on_cuda_is_the_free_memory_and_what_the_allocator_holds_unused(monkeypatch):
+    """The driver's free memory (stood in: no driver here) plus PyTorch's cached blocks, reserved but not
+    allocated: a second run's allocations can reuse those."""
+    asked = []
+    driver = {"mem_get_info": (10 * 2**30, 80 * 2**30), "memory_reserved": 3 * 2**30, "memory_allocated": 2**30}
+    for query, answer in driver.items():
+        monkeypatch.setattr(torch.cuda, query, lambda device, answer=answer: asked.append(device) or answer)
+    assert available_bytes(CUDA) == 12 * 2**30 and asked == [CUDA] * 3
 
 
 @pytest.mark.parametrize(
