@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,9 +21,13 @@ def pyplot():
     return plt
 
 
+def _finite(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
+
+
 def learning_curve(records: list[dict], path: Path) -> Path | None:
     """Training loss (and every periodic evaluation metric) against the outer iteration."""
-    train = [(r["iteration"], r["train/loss"]) for r in records if isinstance(r.get("train/loss"), float)]
+    train = [(r["iteration"], r["train/loss"]) for r in records if _finite(r.get("train/loss"))]
     evals = sorted({k for r in records for k in r if k.startswith("eval/") and not k.endswith("ci95")})
     if not train:
         return None
@@ -32,7 +37,7 @@ def learning_curve(records: list[dict], path: Path) -> Path | None:
     axes[0, 0].plot(it, loss)
     axes[0, 0].set(xlabel="outer iteration", ylabel="inner-loop loss", title="meta-training", yscale="log")
     for key in evals:
-        points = [(r["iteration"], r[key]) for r in records if isinstance(r.get(key), float)]
+        points = [(r["iteration"], r[key]) for r in records if _finite(r.get(key))]
         if points:
             axes[0, 1].plot(*zip(*points), marker="o", label=key.removeprefix("eval/"))
     if evals:

@@ -7,12 +7,12 @@ config.yaml's knobs). scripts/paper_table.py sets these beside the paper's Table
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from . import strict_json
 from .errors import ReptileExpError, first_line
 
 RESULT_FILES = ("summary.json", "evaluation.json")
@@ -27,10 +27,10 @@ SUMMARY_KEYS = ("objective_name", "objective", "results", "iterations", "seconds
 
 
 def read_json(path: Path, keys: tuple[str, ...] = ()) -> dict:
-    """A run dir's JSON file (summary.json, evaluation.json) holding `keys`, or DamagedFile naming it and the way
-    out."""
+    """A run dir's JSON file (summary.json, evaluation.json) holding `keys` (strict_json: "nan" read as the float),
+    or DamagedFile naming it and the way out."""
     try:
-        loaded = json.loads(Path(path).read_text())
+        loaded = strict_json.loads(Path(path).read_text())
     except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
         raise DamagedFile(f"{path} is not valid JSON ({first_line(e)}); {REDO}") from None
     if not isinstance(loaded, dict):
@@ -117,7 +117,7 @@ def _training_time(run: Path) -> tuple[float | None, str]:
     evaluation not), else its summary.json's seconds (with the final evaluation)."""
     metrics, total, previous = run / "metrics.jsonl", 0.0, 0
     for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        r = json.loads(line)
+        r = strict_json.loads(line)
         if "train/iters_per_s" in r:
             total += (r["iteration"] - previous) / r["train/iters_per_s"]
             previous = r["iteration"]

@@ -71,7 +71,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         row.update(
             status="pruned" if "pruned_at" in s else "finished",
             objective_name=s["objective_name"],
-            objective=float(s["objective"]),  # "nan": diverged
+            objective=float(s["objective"]),  # nan: diverged
         )
         for split, result in s["results"].items():
             row.update({f"{split}/{k}": v for k, v in result.items() if not isinstance(v, (list, dict))})

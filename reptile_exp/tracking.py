@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import netrc
 import os
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from . import strict_json
 from .atomic import atomic_write_text
 from .errors import ConfigError, first_line
 from .run_results import DamagedFile
@@ -52,11 +52,6 @@ def wandb_mode(mode: str) -> str:
     return choose_mode(mode, os.environ.get("WANDB_MODE"), has_credentials(os.environ))
 
 
-def _finite(record: dict) -> dict:
-    """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-
-
 class MetricsFile:
     """metrics.jsonl: one JSON record per logged step, each with its `iteration`."""
 
@@ -69,7 +64,7 @@ class MetricsFile:
         if not self.path.exists():
             return
         kept = [r for r in self.read() if r["iteration"] <= iteration and not any(k.startswith("final/") for k in r)]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.path, "".join(strict_json.dumps(r) + "\n" for r in kept))
 
     def read(self) -> list[dict]:
         """The records; a line cut short by a kill mid-write is skipped, anything else not a record is DamagedFile."""
@@ -83,7 +78,7 @@ class MetricsFile:
         records = []
         for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
+                record = strict_json.loads(line)
             except json.JSONDecodeError:
                 continue
             if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
@@ -93,7 +88,7 @@ class MetricsFile:
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(_finite(record)) + "\n")
+            f.write(strict_json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -170,7 +165,7 @@ class Tracker:
             self.run.log_artifact(artifact, aliases=aliases)
 
     def summarize(self, summary: dict[str, Any], path: Path) -> None:
-        atomic_write_text(path, json.dumps(_finite(summary), indent=2) + "\n")
+        atomic_write_text(path, strict_json.dumps(summary, indent=2) + "\n")
         if self.run is not None:
             self.run.summary.update({k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
 

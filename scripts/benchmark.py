@@ -22,7 +22,6 @@ and which operators take one evaluation of N tasks (--op-profile N) or N trainin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -34,7 +33,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
-from reptile_exp import fits
+from reptile_exp import fits, strict_json
 from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.cli import at_least
 from reptile_exp.config_checks import composition_error, validate
@@ -394,9 +393,9 @@ def main(argv: list[str] | None = None) -> dict:
         "presets": presets,
     }
     print(table(report))
-    print(json.dumps(report), flush=True)
+    print(strict_json.dumps(report), flush=True)
     if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.json_out, strict_json.dumps(report, indent=2) + "\n")
     return report
 
 

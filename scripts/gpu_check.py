@@ -19,7 +19,6 @@ reason, everything else runs. Exits 1 if a step failed, else 0. The runbook: doc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -33,10 +32,12 @@ from pathlib import Path
 
 import torch
 
+from reptile_exp import strict_json
 from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
 from reptile_exp.run_results import read_json
+from reptile_exp.tracking import MetricsFile
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_PATHS = {  # name -> overrides of the Omniglot 5-way run (benchmark.py's variant of the same name)
@@ -119,7 +120,7 @@ class Check:
     def write(self) -> None:
         self.summary["seconds"] = round(time.monotonic() - self.start, 1)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out, json.dumps(self.summary, indent=2) + "\n")
+        atomic_write_text(self.out, strict_json.dumps(self.summary, indent=2) + "\n")
 
     def step(self, name: str, fn, skip: str | None = None) -> dict:
         """Run fn(budget) -> (ok, figures) within the step's planned budget, or skip it with the reason."""
@@ -268,7 +269,7 @@ def run_figures(run_dir: Path, eval_tasks: int) -> dict:
     evaluation s per 1,000 tasks (its first chunk's warm-up included), peak memory and the objective of a finished
     run dir."""
     summary = read_json(run_dir / "summary.json")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = MetricsFile(run_dir / "metrics.jsonl").read()
     rates = [r["train/iters_per_s"] for r in records if "train/iters_per_s" in r][1:]
     (protocol,) = summary["protocols"].values()
     return {
@@ -296,7 +297,7 @@ def benchmark(check: Check, budget: float) -> tuple[bool, dict]:
     rc, tail = check.command("benchmark", [*cmd, "--json-out", str(report_path)], budget)
     if rc != 0:
         return False, {"error": "killed at its budget" if rc is None else f"exit status {rc}", "tail": tail}
-    report = json.loads(report_path.read_text())
+    report = strict_json.loads(report_path.read_text())
     keys = ("train_it_s", "train_x_serial", "train_gflop_s", "train_peak_mb")
     keys += ("eval_s_per_1000", "eval_x_serial", "eval_peak_mb")
     contenders = {
@@ -419,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     check = Check(args.device, out, work, args.budget_s, plans)
     if out.exists():  # --only: the re-run steps replace theirs, the others stay
         try:
-            check.summary["steps"] = dict(json.loads(out.read_text())["steps"])
+            check.summary["steps"] = dict(strict_json.loads(out.read_text())["steps"])
         except (OSError, ValueError, LookupError, TypeError) as e:
             parser.error(f"--out {out} is no summary to re-run steps into ({type(e).__name__}: {e}); pass a new path")
     summary = run_check(check, args.only)

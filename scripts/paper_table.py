@@ -35,7 +35,8 @@ def pooled(found: list[Entry]) -> tuple[float, float, int]:
     mean = sum(e.tasks * e.accuracy for e in found) / n
     if n < 2:
         return mean, math.nan, n
-    squares = sum((e.tasks - 1) * (e.ci95 * math.sqrt(e.tasks) / 1.96) ** 2 for e in found)
+    # a run's variance from its CI; a run of one task has none (its CI is nan) and adds its task through the means
+    squares = sum((e.tasks - 1) * (e.ci95 * math.sqrt(e.tasks) / 1.96) ** 2 for e in found if e.tasks > 1)
     squares += sum(e.tasks * (e.accuracy - mean) ** 2 for e in found)
     return mean, 1.96 * math.sqrt(squares / (n - 1) / n), n
 

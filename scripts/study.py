@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from reptile_exp.atomic import unwritable  # noqa: E402
 from reptile_exp.errors import ReptileExpError  # noqa: E402
 from reptile_exp.run_results import read_json, read_yaml  # noqa: E402
 from reptile_exp.sweep import is_run_dir, job_dirs, overrides  # noqa: E402
+from reptile_exp.tracking import MetricsFile  # noqa: E402
 
 IGNORED = ("hydra", "logger", "progress", "debug")  # overrides that do not distinguish jobs
 CURVE_STEPS = (0, 1, 5, 10)  # sine: table columns "MSE after j steps" (and after k; the final metric is after k_eval)
@@ -49,7 +49,6 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[str]]:
             continue
         cfg = OmegaConf.create(read_yaml(job / ".hydra" / "config.yaml"))
         choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
-        metrics = job / "metrics.jsonl"
         jobs.append(
             {
                 "sweep": sweep.name,
@@ -60,7 +59,7 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[str]]:
                 "k": cfg.k,
                 "summary": read_json(summary) if summary.exists() else None,
                 "error": None if summary.exists() else error.read_text().strip(),
-                "records": [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else [],
+                "records": MetricsFile(job / "metrics.jsonl").read(),
             }
         )
     _label(jobs)

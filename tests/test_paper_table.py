@@ -117,10 +117,12 @@ def test_tables_from_a_seed_sweep_a_training_run_and_a_legacy_evaluation(tmp_pat
     assert "| 5-shot 5-way | MAML + transduction | not run: none of the run dirs given" in table2
 
 
-def test_pooled_interval_equals_the_interval_over_all_tasks():
+@pytest.mark.parametrize("counts", [(50, 80, 30), (1, 1, 1), (1, 40)], ids=["many", "one-each", "one-and-many"])
+def test_pooled_interval_equals_the_interval_over_all_tasks(counts):
+    """A run of one test task has no interval of its own (nan): it adds its task to the pooled one all the same."""
     table = script("paper_table")
     g = torch.Generator().manual_seed(0)
-    per_task = [(torch.rand(n, generator=g) < p).double() for n, p in ((50, 0.6), (80, 0.8), (30, 0.7))]
+    per_task = [(torch.rand(n, generator=g) < 0.7).double() for n in counts]
     found = [
         table.Entry(**{f: None for f in table.Entry.__dataclass_fields__})
         for _ in per_task  # only the counts, means and intervals matter here
@@ -129,7 +131,7 @@ def test_pooled_interval_equals_the_interval_over_all_tasks():
         entry.tasks, entry.accuracy, entry.ci95 = values.numel(), values.mean().item(), ci95(values)
     mean, ci, n = table.pooled(found)
     everything = torch.cat(per_task)
-    assert n == 160 and math.isclose(mean, everything.mean().item()) and math.isclose(ci, ci95(everything))
+    assert n == sum(counts) and math.isclose(mean, everything.mean().item()) and math.isclose(ci, ci95(everything))
 
 
 def test_a_dir_without_results_is_one_line_and_exit_1(tmp_path):

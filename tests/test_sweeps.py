@@ -318,6 +318,21 @@ def test_the_best_job_is_the_finished_one_with_the_best_objective(tmp_path, name
     assert f"\nBest {name}: {best}\n" in md
 
 
+def test_a_job_without_an_interval_is_drawn_without_an_error_bar(tmp_path):
+    """A job of one test task has no 95% interval, written "nan" in summary.json (tracking.py keeps the file strict
+    JSON): the summary reads it back as the float, and the figure draws that job's point without an error bar."""
+    from reptile_exp.sweep import summarize
+
+    sweep = tmp_path / "sweep"
+    for k in (1, 2):
+        summary = finished("test/accuracy", 0.5 + k / 10)
+        summary["results"]["test"]["accuracy_ci95"] = "nan"
+        fake_job(sweep, k, f"k={k}", summary)
+    written = summarize(sweep)
+    assert written["png"].stat().st_size > 0
+    assert [r["test/accuracy_ci95"] for r in read_csv(written["csv"])] == ["nan", "nan"]
+
+
 def test_the_jobs_are_in_job_number_order(tmp_path):
     """Job 10 after job 9, not after job 1: the rows follow the sweep's order (Hydra numbers its jobs 0, 1, ...)."""
     from reptile_exp.sweep import job_dirs, summarize

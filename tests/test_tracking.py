@@ -1,13 +1,18 @@
 """The W&B mode rule (reptile_exp/tracking.py): explicit modes kept; "auto" is online with credentials, offline
-without, and WANDB_MODE wins over it. Credentials are read from a real netrc file in tmp_path. The metrics file and
-the summary stay valid JSON when a number is not finite."""
+without, and WANDB_MODE wins over it. Credentials are read from a real netrc file in tmp_path. Every JSON file a run
+writes is strict JSON when a number is not finite, at any depth, and reads back as that number."""
 
 import json
+import math
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_config import CONF
 
+from reptile_exp.run_results import entries, read_json
 from reptile_exp.tracking import MetricsFile, Tracker, choose_mode, has_credentials
+from reptile_exp.train import run
 
 MODES = ("online", "offline", "disabled")
 
@@ -68,3 +73,40 @@ def test_numbers_that_are_not_finite_are_written_as_strings(tmp_path):
     with Tracker(OmegaConf.create({"logger": {"mode": "disabled"}}), tmp_path, "id", "run") as tracker:
         tracker.summarize({**record, **kept}, tmp_path / "summary.json")
     assert _strict_json((tmp_path / "summary.json").read_text()) == written
+
+
+NOT_FINITE = {"loss": math.nan, "mse": math.inf, "neg": -math.inf}
+
+
+def test_what_is_written_reads_back_as_the_numbers(tmp_path):
+    """NaN and +-inf at the top, in a nested result and in a list are the same floats once read back (run_results
+    .read_json, MetricsFile.read); every other value is as it was."""
+    summary = {"objective": math.nan, "results": {"test": {**NOT_FINITE, "curve": [1.0, math.inf]}}, "name": "nan?"}
+    with Tracker(OmegaConf.create({"logger": {"mode": "disabled"}}), tmp_path, "id", "run") as tracker:
+        tracker.summarize(summary, tmp_path / "summary.json")
+        tracker.log({"iteration": 1, **NOT_FINITE})
+    read, (record,) = read_json(tmp_path / "summary.json"), tracker.metrics.read()
+    assert math.isnan(read["objective"]) and math.isnan(read["results"]["test"]["loss"]) and math.isnan(record["loss"])
+    assert read["results"]["test"]["curve"] == [1.0, math.inf] and read["name"] == "nan?"
+    assert (read["results"]["test"]["mse"], read["results"]["test"]["neg"]) == (math.inf, -math.inf)
+    assert (record["mse"], record["neg"]) == (math.inf, -math.inf)
+
+
+def test_every_json_file_of_a_run_and_of_its_evaluation_is_strict(tmp_path):
+    """One test task (eval_tasks=1) has no 95% interval: the NaN lies deep in summary.json's results and
+    evaluation.json's protocols, and is still written as "nan" (json.loads refusing NaN reads every file and line);
+    the results read back (run_results.entries) hold it as the float."""
+    train, evaluation = tmp_path / "train", tmp_path / "eval"
+    smoke = ["experiment=omniglot_5w1s", "debug=smoke", "eval_tasks=1", "eval_every_tasks=1", "eval_splits=[test]"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        run(compose("train", overrides=smoke), train)
+        run(compose("train", overrides=[*smoke, "evaluate_only=true", f"checkpoint={train}"]), evaluation)
+    written = [*tmp_path.glob("*/*.json"), *tmp_path.glob("*/*.jsonl")]
+    assert {p.name for p in written} == {"summary.json", "evaluation.json", "metrics.jsonl"}
+    for path in written:
+        for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
+            _strict_json(line)
+    assert _strict_json((train / "summary.json").read_text())["results"]["test"]["accuracy_ci95"] == "nan"
+    for run_dir in (train, evaluation):
+        (found,) = entries(run_dir)
+        assert found.tasks == 1 and math.isnan(found.ci95), run_dir

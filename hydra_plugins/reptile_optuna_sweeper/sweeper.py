@@ -42,6 +42,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from reptile_exp.errors import ConfigError, fail, first_line
+from reptile_exp.run_results import read_json
 
 log = logging.getLogger(__name__)
 OWNER = "sweeper"  # trial user attribute: host:pid of the sweeper process that launched it
@@ -340,7 +341,7 @@ class ReptileOptunaSweeper(Sweeper):
             study.tell(number, state=TrialState.FAIL)
             return [e]
         out = Path(ret.hydra_cfg.hydra.runtime.output_dir)
-        summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        summary = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         if (out / "error.txt").exists():
             self.set_attr(study, number, "error", (out / "error.txt").read_text().strip())
         if "pruned_at" in summary:
