@@ -31,6 +31,11 @@ class Column:
     def label(self) -> str:
         return f"{self.k_shot}-shot {self.n_way}-way"
 
+    @property
+    def preset(self) -> str:
+        """Its conf/experiment preset, which holds these settings (tests/test_paper_presets.py)."""
+        return f"{self.dataset}_{self.n_way}w{self.k_shot}s"
+
 
 @dataclass(frozen=True)
 class Row:

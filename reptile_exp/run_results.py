@@ -83,7 +83,7 @@ class Entry:
     eval_seconds: float | None
     device: str
     synthetic: bool  # trained or evaluated on random images (synthetic_data=true, debug=smoke)
-    eval_precision: str  # the evaluating run's `precision` (training's is in `training`)
+    evaluation: dict  # the evaluating run's config (a training run's: `training`)
 
 
 def run_dirs(path: Path) -> list[Path]:
@@ -186,7 +186,7 @@ def entries(run: Path) -> list[Entry]:
                 ),
                 synthetic=bool(cfg.get("synthetic_data") or training.get("synthetic_data")),
                 device=f"{result['device']} (threads={cfg.get('threads', 0) or 'default'}{compiled})",
-                eval_precision=cfg.get("precision", "highest"),
+                evaluation=cfg,
             )
         )
     return found

@@ -7,7 +7,8 @@ evaluate-only runs (evaluation.json; their training schedule comes from the eval
 and sweep or parent dirs holding such runs. Each table row: ours on the test split (mean +- 95% CI over all
 test tasks; with several runs, e.g. seeds, pooled over their tasks, plus the mean and spread over runs), the
 paper's number (reptile_exp/paper.py), the difference, whether the paper's mean lies in our 95% interval,
-the training schedule used, the wall time and device. Rows without a run say "not run".
+the training schedule used, every other setting the runs differ from the paper's config of the cell in, the wall
+time and device. Rows without a run say "not run".
 Writes <out>/paper_tables.md and <out>/paper_tables.csv (out: the first dir given).
 """
 
@@ -15,18 +16,33 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
 from reptile_exp import paper
 from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.errors import ReptileExpError
+from reptile_exp.experiment import TRAINING_GROUPS, TRAINING_KEYS, TRAINING_TOP, fingerprint
 from reptile_exp.run_results import Entry, entries, run_dirs
 
-TRAINING_KNOBS = ("train_shots", "inner_batch", "k", "inner_lr", "meta_batch")  # besides iterations
+ROOT = Path(__file__).resolve().parents[1]
+ABSENT = "unset"  # a key a config lacks (an older run's, another optimizer's)
+# Not settings of a cell: what picks it (N-way, K-shot), the seed and the schedule (the Seeds and Training columns);
+# synthetic data is named below, the evaluation's included
+NOT_SETTINGS = ("dataset.n_way", "dataset.k_shot", "seed", "iterations", "synthetic_data")
+# What an evaluation reads from its own run's config, the checkpoint giving phi and the inner state: the inner
+# optimizer that fine-tunes each task, its loss and its arithmetic
+EVALUATION_READS = ("inner_optimizer", "loss_reduction", "dtype")
+INTERPOLATION = re.compile(r"\$\{([\w.]+)\}")
 
 
 def pooled(found: list[Entry]) -> tuple[float, float, int]:
@@ -41,26 +57,71 @@ def pooled(found: list[Entry]) -> tuple[float, float, int]:
     return mean, 1.96 * math.sqrt(squares / (n - 1) / n), n
 
 
-def differences(found: list[Entry], column: paper.Column) -> list[str]:
-    """The settings where these runs differ from the paper's for the column (iterations apart), its float32
-    arithmetic included."""
-    out = []
-    for knob in TRAINING_KNOBS:
-        theirs = getattr(column, knob)
-        ours = sorted({e.training["dataset"][knob] if knob == "train_shots" else e.training[knob] for e in found})
-        if ours != [theirs]:
-            out.append(f"{knob} {'/'.join(str(v) for v in ours)} (paper {theirs})")
-    for knob in ("eval_batch", "k_eval"):
-        ours = sorted({getattr(e, knob) for e in found})
-        if ours != [getattr(column, knob)]:
-            out.append(f"{knob} {'/'.join(str(v) for v in ours)} (paper {getattr(column, knob)})")
+@functools.cache
+def paper_config(column: paper.Column, algorithm: str) -> dict:
+    """The paper's config of a table cell (unresolved): its column's preset (conf/experiment, the paper's settings)
+    with the row's algorithm, this machine's conf/local settings left out."""
+    local = ["~local@_global_"] if (ROOT / "conf" / "local" / "default.yaml").exists() else []
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", overrides=[f"experiment={column.preset}", f"algorithm={algorithm}", *local])
+    return OmegaConf.to_container(cfg, enum_to_str=True)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def settings(config: dict) -> dict[str, Any]:
+    """What shapes training in a config (experiment.fingerprint's entries) by dotted config key, the cell's, the
+    seed and the schedule aside; an entry the config lacks is ABSENT."""
+    filled = {**dict.fromkeys((*TRAINING_KEYS, *TRAINING_TOP), ABSENT), **dict.fromkeys(TRAINING_GROUPS, {}), **config}
+    found = _leaves(fingerprint(OmegaConf.create(filled)))
+    return {k: v for key, v in found.items() if (k := key.removeprefix("training.")) not in NOT_SETTINGS}
+
+
+def _named(key: str, paper_raw: dict, config: DictConfig, value: Any) -> str:
+    """The knob a user sets for `key`: the one the paper's config interpolates it from (inner_optimizer.lr:
+    inner_lr; outer_optimizer.lr: epsilon) while the run keeps that link, else `key`."""
+    raw = paper_raw
+    for part in key.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    link = INTERPOLATION.fullmatch(raw) if isinstance(raw, str) else None
+    return link[1] if link and OmegaConf.select(config, link[1], default=ABSENT) == value else key
+
+
+def differences(found: list[Entry], column: paper.Column, method: paper.Row) -> list[str]:
+    """Every setting where these runs differ from the paper's config of the cell (paper_config): each that shapes
+    training (iterations apart), those an evaluation reads from its own config where it is not the training's,
+    the protocol (eval_batch, k_eval), the test tasks per evaluation and the arithmetic (float32)."""
+    paper_raw = paper_config(column, method.algorithm)
+    theirs, compared = settings(paper_raw), {}  # compared: the name shown -> (the paper's value, ours)
+    for e in found:
+        configs = {"": e.training, "evaluated with ": e.evaluation}
+        ours = {label: settings(config) for label, config in configs.items()}
+        configs = {label: OmegaConf.create(config) for label, config in configs.items()}
+        for key in dict.fromkeys([*theirs, *ours[""], *ours["evaluated with "]]):
+            trained, evaluated = ours[""].get(key, ABSENT), ours["evaluated with "].get(key, ABSENT)
+            seen = [("", trained)]
+            if key.split(".")[0] in EVALUATION_READS and evaluated != trained:
+                seen.append(("evaluated with ", evaluated))
+            for label, value in seen:
+                name = _named(key, paper_raw, configs[label], value)
+                if name not in NOT_SETTINGS:
+                    compared.setdefault(label + name, (theirs.get(key, ABSENT), []))[1].append(value)
+        for knob, value in (("eval_batch", e.eval_batch), ("k_eval", e.k_eval), ("eval_tasks", e.tasks)):
+            compared.setdefault(knob, (paper_raw[knob], []))[1].append(value)
+    out = [
+        f"{name} {'/'.join(sorted(dict.fromkeys(map(str, ours))))} (paper {paper_value})"
+        for name, (paper_value, ours) in compared.items()
+        if any(value != paper_value for value in ours)
+    ]
     train_precision = sorted({e.training.get("precision", "highest") for e in found})
-    eval_precision = sorted({e.eval_precision for e in found})
-    if train_precision + eval_precision != ["highest", "highest"]:  # the paper's arithmetic is float32
+    eval_precision = sorted({e.evaluation.get("precision", "highest") for e in found})
+    if {*train_precision, *eval_precision} != {paper_raw["precision"]}:  # the paper's arithmetic is float32
         out.append(f"precision: training {'/'.join(train_precision)}, evaluation {'/'.join(eval_precision)}")
-    dtypes = sorted({e.training.get("dtype", "float32") for e in found})
-    if dtypes != ["float32"]:
-        out.append(f"dtype {'/'.join(dtypes)} (paper float32)")
     if any(e.synthetic for e in found):
         out.append("synthetic data (random images)")
     return out
@@ -124,7 +185,7 @@ def row(table: str, column: paper.Column, method: paper.Row, found: list[Entry])
         paper_inside="yes" if abs(mean - mean_paper) <= ci else "no",
         iterations=" ".join(str(i) for i in iterations),
         schedule=schedule,
-        differs="; ".join(differences(found, column)) or "none",
+        differs="; ".join(differences(found, column, method)) or "none",
         wall_time=(
             f"train {_duration(first.train_seconds)}{first.train_seconds_note}, eval {_duration(first.eval_seconds)}"
             + (" (first run)" if len(found) > 1 else "")

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from reptile_exp import paper
-from reptile_exp.config import register_schema
 from reptile_exp.evaluate import ci95
+from reptile_exp.experiment import DATASET_LOCATION, NOT_TRAINING, THROUGH_GROUPS
 from reptile_exp.run_results import Entry
 
 SCRIPT = ROOT / "scripts" / "paper_table.py"
@@ -164,39 +165,47 @@ def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, text, words):
 
 
 @functools.cache
-def _preset_config(column: paper.Column) -> dict:
-    """The config.yaml of a run of the column's preset: the paper's settings (tests/test_paper_presets.py)."""
-    register_schema()
+def _config(column: paper.Column, *overrides: str) -> dict:
+    """The config.yaml of a run of the column's preset (the paper's settings, tests/test_paper_presets.py) with
+    `overrides`."""
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        cfg = compose("train", overrides=[f"experiment={column.dataset}_{column.n_way}w{column.k_shot}s"])
-    return OmegaConf.to_container(cfg, enum_to_str=True)
+        cfg = compose("train", overrides=[f"experiment={column.preset}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-def entry(column: paper.Column, accuracy: float = 0.9, ci95: float = 0.01, seed: int = 0, **otherwise) -> Entry:
-    """One run's test result (over 1000 tasks) in `column`, trained and evaluated with the paper's settings but for
-    `otherwise` (a setting of the column: an Entry field, a config key or a dataset key)."""
-    training = copy.deepcopy(_preset_config(column))
-    fields = {"eval_batch": column.eval_batch, "k_eval": column.k_eval, "iterations": column.iterations}
-    for knob, value in otherwise.items():
-        (fields if knob in fields else training if knob in training else training["dataset"])[knob] = value
+def entry(
+    column: paper.Column,
+    accuracy: float = 0.9,
+    ci95: float = 0.01,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
+    evaluated: tuple[str, ...] | None = None,
+    **fields,
+) -> Entry:
+    """One run's test result (over the paper's 10,000 tasks) in `column`, trained with the column's preset and
+    `overrides`, evaluated by the same run (or, given `evaluated`, by an evaluate-only run with those overrides
+    too), its protocol the paper's but for `fields` (eval_batch, k_eval, iterations, tasks)."""
+    training = copy.deepcopy(_config(column, *overrides))
+    evaluation = training if evaluated is None else copy.deepcopy(_config(column, *overrides, *evaluated))
+    fields = {"eval_batch": column.eval_batch, "k_eval": column.k_eval, "iterations": column.iterations} | fields
     return Entry(
         run=Path(f"run{seed}"),
         dataset=column.dataset,
-        algorithm="reptile",
+        algorithm=training["algorithm"]["_target_"].rsplit(".", 1)[1].lower(),
         n_way=column.n_way,
         k_shot=column.k_shot,
         transductive=False,
         seed=seed,
         accuracy=accuracy,
         ci95=ci95,
-        tasks=1000,
+        tasks=fields.pop("tasks", 10_000),
         training=training,
         train_seconds=3600.0,
         train_seconds_note="",
         eval_seconds=60.0,
         device="cpu",
-        synthetic=False,
-        eval_precision="highest",
+        synthetic=bool(training["synthetic_data"] or evaluation["synthetic_data"]),
+        evaluation=evaluation,
         **fields,
     )
 
@@ -239,22 +248,126 @@ def test_the_training_schedule_is_called_shortened_only_when_every_run_trained_l
 
 
 CELL = ("table", "dataset", "n_way", "k_shot")  # what picks a column; its other fields are the paper's settings
+PROTOCOL = ("iterations", "eval_batch", "k_eval")  # Entry fields; the others are config keys
 
 
 @pytest.mark.parametrize("setting", [f.name for f in dataclasses.fields(paper.Column) if f.name not in CELL])
-def test_every_setting_a_run_differs_from_the_paper_in_is_named(setting):
-    """Each of the paper's settings of a column (Appendix A, reptile_exp/paper.py) that the run used otherwise is
-    named in the row: a training knob (scripts/paper_table.py TRAINING_KNOBS) or an evaluation one in "differs",
-    the outer iterations in the schedule."""
+def test_every_setting_of_a_column_a_run_differs_in_is_named(setting):
+    """Each of the paper's settings of a column (Appendix A, reptile_exp/paper.py) that the run set otherwise on its
+    command line is named in "differs" by the knob set (inner_lr, though it reaches training as
+    inner_optimizer.lr), the outer iterations in the schedule."""
     table, column = script("paper_table"), paper.COLUMNS[-1]
     same = table.row(column.table, column, REPTILE, [entry(column)])
     assert same["differs"] == "none" and same["schedule"].endswith("(the paper's schedule)")
     value = 2 * getattr(column, setting)
-    r = table.row(column.table, column, REPTILE, [entry(column, **{setting: value})])
+    key = "dataset.train_shots" if setting == "train_shots" else setting
+    changed = entry(column, **{setting: value}) if setting in PROTOCOL else entry(column, overrides=(f"{key}={value}",))
+    r = table.row(column.table, column, REPTILE, [changed])
     if setting == "iterations":
         assert r["schedule"] == f"{value:,} iterations (the paper's is {column.iterations:,})"
     else:
-        assert r["differs"] == f"{setting} {value} (paper {getattr(column, setting)})"
+        assert r["differs"] == f"{key} {value} (paper {getattr(column, setting)})"
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _training_settings(algorithm: str) -> list[str]:
+    """Every key of the paper's config of a cell that shapes training: all but the top-level keys that do not
+    (experiment.NOT_TRAINING), inner_lr (it reaches training as inner_optimizer.lr), the dataset's location, the
+    cell (N-way, K-shot), the seed and the schedule."""
+    skipped = (*NOT_TRAINING, *THROUGH_GROUPS, "seed", "iterations", "dataset.n_way", "dataset.k_shot")
+    skipped += tuple(f"dataset.{k}" for k in DATASET_LOCATION)
+    found = _leaves(_config(paper.COLUMNS[0], f"algorithm={algorithm}"))
+    return [k for k in found if k not in skipped and k.split(".")[0] not in skipped]
+
+
+def _other(value):
+    """A value unlike `value`, of its kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return 2 * value or 1
+    if isinstance(value, list):
+        return [_other(value[0]), *value[1:]]
+    return f"{value}_other"  # a _target_, an option's name
+
+
+TRAINED = [("reptile", k) for k in _training_settings("reptile")]
+TRAINED += [(a, k) for a in ("fomaml", "maml") for k in _training_settings(a) if k.startswith("algorithm.")]
+
+
+@pytest.mark.parametrize("algorithm, key", TRAINED, ids=[f"{a}-{k}" for a, k in TRAINED])
+def test_every_training_setting_a_run_differs_in_is_named(algorithm, key):
+    """Any key of the paper's config of the cell that shapes training (the epsilon schedule, the inner Adam's
+    betas, eps and reset, loss_reduction, replacement, the groups' targets, an algorithm's own keys ...), set
+    otherwise in the run's config.yaml and nowhere else, is named with the run's and the paper's value."""
+    column, method = paper.COLUMNS[0], next(r for r in paper.ROWS if r.algorithm == algorithm)
+    changed = entry(column, overrides=(f"algorithm={algorithm}",))
+    *parents, last = key.split(".")
+    group = functools.reduce(lambda tree, part: tree[part], parents, changed.training)
+    paper_value, group[last] = group[last], _other(group[last])
+    changed.synthetic = bool(changed.training["synthetic_data"])
+    r = script("paper_table").row(column.table, column, method, [changed])
+    named = f"{key} {group[last]} (paper {paper_value})"
+    assert r["differs"] == ("synthetic data (random images)" if key == "synthetic_data" else named)
+
+
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        (("epsilon=0.5",), "epsilon 0.5 (paper 1.0)"),  # not again as outer_optimizer.lr, which it sets
+        (("inner_optimizer.lr=0.01",), "inner_optimizer.lr 0.01 (paper 0.001)"),  # set apart from inner_lr
+        (("eval_tasks=100",), "eval_tasks 100 (paper 10000)"),
+        (("precision=bf16",), "precision: training bf16, evaluation bf16"),
+        (("log_every=7", "eval_chunk=3", "threads=1", "fused_inner=false", "eval_every=5", "seed=3"), "none"),
+    ],
+)
+def test_a_knob_is_named_once_and_what_does_not_change_results_not_at_all(overrides, named):
+    column = paper.COLUMNS[0]
+    tasks = {"tasks": 100} if "eval_tasks=100" in overrides else {}
+    r = script("paper_table").row(column.table, column, REPTILE, [entry(column, overrides=overrides, **tasks)])
+    assert r["differs"] == named
+
+
+@pytest.mark.parametrize(
+    "evaluated, named",
+    [
+        (("inner_lr=0.01",), "evaluated with inner_lr 0.01 (paper 0.001)"),
+        (
+            ("inner_optimizer.betas=[0.5,0.999]",),
+            "evaluated with inner_optimizer.betas [0.5, 0.999] (paper [0.0, 0.999])",
+        ),
+        (("loss_reduction=mean",), "evaluated with loss_reduction mean (paper sum)"),
+        (("dtype=float64",), "evaluated with dtype float64 (paper float32)"),
+        (("epsilon=0.5", "meta_batch=2", "replacement=true"), "none"),  # not read by an evaluation
+    ],
+)
+def test_what_an_evaluation_reads_from_its_own_config_is_named(evaluated, named):
+    """An evaluate-only run fine-tunes each test task with its own config's inner optimizer, loss and dtype: where
+    those differ from the paper's (and from its checkpoint's training), they are named."""
+    column = paper.COLUMNS[0]
+    r = script("paper_table").row(column.table, column, REPTILE, [entry(column, evaluated=evaluated)])
+    assert r["differs"] == named
+
+
+def test_this_machines_local_settings_are_not_the_papers(tmp_path, monkeypatch):
+    """conf/local/default.yaml (git-ignored, this machine's settings) joins every composed config; the paper's
+    config of a cell leaves it out, so a run with the paper's settings differs in nothing."""
+    table, column = script("paper_table"), paper.COLUMNS[0]
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    (tmp_path / "conf" / "local").mkdir(exist_ok=True)
+    (tmp_path / "conf" / "local" / "default.yaml").write_text("replacement: true\nthreads: 1\n")
+    monkeypatch.setattr(table, "ROOT", tmp_path)
+    table.paper_config.cache_clear()
+    try:
+        assert table.row(column.table, column, REPTILE, [entry(column)])["differs"] == "none"
+    finally:
+        table.paper_config.cache_clear()
 
 
 def _reference_tables() -> dict[tuple[str, str], list[tuple[float, float]]]:
