@@ -10,7 +10,7 @@ import math
 import torch
 
 from . import protocols
-from .evaluate import task_bytes
+from .evaluate import DRAW_BLOCK, task_bytes
 from .experiment import Experiment
 from .memory import available_bytes, require
 from .meta.algorithms import MAML
@@ -33,12 +33,15 @@ def check(exp: Experiment, training: bool) -> None:
     for p in protocols.parse(cfg):
         settings.setdefault((p.k_shot, p.eval_batch, p.k_eval), (f"protocol {p.name}: ", cfg.eval_tasks))
     for (k_shot, batch, steps), (where, tasks) in settings.items():
+        block = min(DRAW_BLOCK, tasks)  # drawn ahead of a chunk (evaluate.task_chunks)
         with shots(exp.dataset, k_shot):
             per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, tasks, batch, steps)
+            ahead = block * exp.dataset.draw_bytes(steps, batch, evaluation=True)
         what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
         require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
+        require(ahead, f"{where}{block} test tasks drawn at once", "lower the dataset's sizes", exp.device, have)
         fix = f"lower {knob.partition('=')[0]}"
-        require(chunk * per_task, f"{knob}: one evaluation chunk of {chunk} tasks", fix, exp.device, have)
+        require(chunk * per_task + ahead, f"{knob}: one evaluation chunk of {chunk} tasks", fix, exp.device, have)
         kept = f"{tasks} test tasks: their results, kept to the end of the evaluation"
         require(tasks * results_bytes(exp, steps), kept, "lower eval_tasks (or eval_every_tasks)", exp.device, have)
 
@@ -51,19 +54,16 @@ def results_bytes(exp: Experiment, k_eval: int) -> int:
 
 
 def step_bytes(exp: Experiment) -> int:
-    """One task's share of an outer step: its sampled examples (sampled_bytes), the random keys that draw them (a
-    key per class of the split and per example of each chosen class) and its adaptation (second-order MAML keeps
-    every inner step's activations for the outer gradient)."""
+    """One task's share of an outer step: its sampled examples (sampled_bytes), what drawing them passes through (the
+    dataset's draw_bytes: random keys, the minibatch schedule's among them) and its adaptation (second-order MAML
+    keeps every inner step's activations for the outer gradient)."""
     cfg, data = exp.cfg, exp.dataset
     query = exp.algorithm.query_shots
-    keys = 0
-    if "train" in getattr(data, "splits", {}):
-        num_classes, per_class = data.splits["train"].images.shape[:2]
-        keys = 4 * (num_classes + data.n_way * per_class)
+    drawn = data.draw_bytes(cfg.k, cfg.inner_batch, query, cfg.replacement)
     examples = cfg.inner_batch + query * (data.n_way if data.kind == "classification" else 1)
     steps_kept = cfg.k if isinstance(exp.algorithm, MAML) and not exp.algorithm.first_order else 1
     adaptation = steps_kept * task_bytes(exp.learner, exp.phi, data.input_shape, examples)
-    return sampled_bytes(data, cfg.k, cfg.inner_batch, query, exp.dtype) + keys + adaptation
+    return sampled_bytes(data, cfg.k, cfg.inner_batch, query, exp.dtype) + drawn + adaptation
 
 
 def sampled_bytes(data, k: int, inner_batch: int, query_shots: int, dtype: torch.dtype) -> int:
@@ -72,7 +72,6 @@ def sampled_bytes(data, k: int, inner_batch: int, query_shots: int, dtype: torch
     if data.kind == "classification":
         n, query, label = data.n_way * data.train_shots, data.n_way * query_shots, 8  # int64 labels
     else:
-        n = data.n_points if data.x_sampling == "grid" else data.k_shot + query_shots
-        n, query, label = n - query_shots, query_shots, dtype.itemsize
+        n, query, label = data.points(query_shots) - query_shots, query_shots, dtype.itemsize
     example = math.prod(data.input_shape) * dtype.itemsize + label
     return (n + query) * example + 8 * k * inner_batch

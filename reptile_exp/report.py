@@ -40,15 +40,24 @@ def eval_examples(exp: Experiment, eval_batch: int | None = None) -> int:
     dataset = exp.dataset
     task = dataset.n_way * (dataset.k_shot + 1) if dataset.kind == "classification" else getattr(dataset, "n_points", 0)
     return max(eval_batch or exp.cfg.eval_batch, task)
+    """The most inputs a test task puts through the model at once: its support and one query per class (the inner
+    minibatches, the support plus one query, or the queries alone); sine: the minibatch or the query points (the
+    grid, or k_shot fresh points)."""
+    dataset = exp.dataset
+    if dataset.kind == "classification":
+        return dataset.n_way * (dataset.k_shot + 1)
+    queries = dataset.points(evaluation=True) - (dataset.k_shot if dataset.x_sampling == "uniform" else 0)
+    return max(eval_batch or exp.cfg.eval_batch, queries)
 
 
 def eval_task_bytes(exp: Experiment, eval_batch: int | None = None, k_eval: int | None = None) -> int:
     """One test task's memory (eval_batch, k_eval: default the knobs): its adaptation (evaluate.task_bytes of
-    eval_examples inputs) and its minibatch schedule, k_eval x eval_batch int64 indices drawn with it."""
+    eval_examples inputs) and its draw (the dataset's draw_bytes: the task, its random keys, its minibatch
+    schedule of k_eval x eval_batch indices)."""
     batch = eval_batch or exp.cfg.eval_batch
     steps = exp.cfg.k_eval if k_eval is None else k_eval
     adaptation = task_bytes(exp.learner, exp.phi, exp.dataset.input_shape, eval_examples(exp, batch))
-    return adaptation + 8 * steps * batch
+    return adaptation + exp.dataset.draw_bytes(steps, batch, evaluation=True)
 
 
 def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None, k_eval: int | None = None) -> int:

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from reptile_exp.experiment import build
 from reptile_exp.fits import sampled_bytes
 from reptile_exp.memory import available_bytes, cgroup_headroom
+from reptile_exp.measure import peak_memory_mb
 
 CAP = 8 * 2**30
 MIB = 2**20
@@ -40,6 +41,18 @@ CASES = {  # id -> (overrides, exit status, the key phrase of the one error line
         r"eval_chunk=100000: one evaluation chunk of 100000 tasks needs about .*; lower eval_chunk",
     ),
     "fits": (["meta_batch=2000"], 0, None),  # a large meta_batch that fits is valid
+    # the sine task's own draws: 2 x 3e7 fresh test points (was an allocator traceback in the final evaluation),
+    # and 10^4 inner steps of keys over 10^5 points with replacement (was one at the first step)
+    "sine_uniform_shots": (
+        ["dataset.x_sampling=uniform", "dataset.k_shot=30000000"],
+        1,
+        r"k_eval=3, eval_batch=10: one test task needs about [\d.]+ GiB but ",
+    ),
+    "sine_replacement_keys": (
+        ["dataset.x_sampling=uniform", "dataset.k_shot=100000", "k=10000", "replacement=true"],
+        1,
+        r"one training task needs about [\d.]+ GiB but ",
+    ),
 }
 
 
@@ -169,3 +182,27 @@ def test_the_step_estimate_counts_exactly_the_bytes_a_sampled_task_holds(overrid
     tensors = [getattr(task, f.name) for f in dataclasses.fields(task)]
     real = sum(t.numel() * t.element_size() for t in tensors if t is not None)
     assert sampled_bytes(exp.dataset, cfg.k, cfg.inner_batch, query, exp.dtype) == real
+
+
+DRAWS = {  # a few thousand points or keys per task: the draw's own memory outweighs the profiler's
+    "sine-grid": ["dataset.n_points=20000", "inner_batch=100", "k=50"],
+    "sine-uniform": ["dataset.x_sampling=uniform", "dataset.k_shot=20000", "inner_batch=100", "k=50"],
+    "sine-maml-query": ["dataset.x_sampling=uniform", "dataset.k_shot=20000", "algorithm=maml", "inner_batch=100"],
+    "sine-replacement": ["dataset.n_points=20000", "inner_batch=100", "k=50", "replacement=true"],
+    "omniglot-maml-replacement": ["experiment=omniglot_5w1s", "debug=smoke", "algorithm=maml", "replacement=true"],
+}
+
+
+@pytest.mark.parametrize("overrides", DRAWS.values(), ids=DRAWS)
+def test_a_task_draw_peaks_within_its_estimate(overrides):
+    """What drawing one training task (sampled_bytes and the dataset's draw_bytes) and one test task (draw_bytes)
+    passes through, its random keys and temporaries included, bounds the peak the profiler measures."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        cfg = compose("train", ["logger.mode=disabled", "device=cpu", *overrides])
+    exp = build(cfg)
+    data, query, g = exp.dataset, exp.algorithm.query_shots, torch.Generator().manual_seed(0)
+    train = peak_memory_mb(lambda: data.sample_train(1, cfg.k, cfg.inner_batch, g, cfg.replacement, query), exp.device)
+    estimate = sampled_bytes(data, cfg.k, cfg.inner_batch, query, exp.dtype)
+    assert train * 2**20 <= estimate + data.draw_bytes(cfg.k, cfg.inner_batch, query, cfg.replacement)
+    test = peak_memory_mb(lambda: data.sample_eval(1, cfg.k_eval, cfg.eval_batch, g), exp.device)
+    assert test * 2**20 <= data.draw_bytes(cfg.k_eval, cfg.eval_batch, evaluation=True)

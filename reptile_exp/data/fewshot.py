@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from reptile_exp.atomic import atomic_write
-from reptile_exp.data.tasks import TaskBatch, minibatch_schedule
+from reptile_exp.data.tasks import KEY_BYTES, TaskBatch, minibatch_schedule, schedule_bytes
 from reptile_exp.errors import ConfigError, ReptileExpError
 
 
@@ -110,6 +111,21 @@ class FewShotClassification:
         batches = minibatch_schedule(num_tasks, self.n_way * self.k_shot, steps, batch, generator, evaluation=True)
         batches = batches.to(x.device, non_blocking=True)
         return TaskBatch(x_support, y_support, batches, x_query, y_query)
+
+    def draw_bytes(
+        self, steps: int, batch: int, query_shots: int = 0, replacement: bool = False, evaluation: bool = False
+    ) -> int:
+        """The memory one task's draw passes through (from the shapes: a check must not draw): the random keys of
+        its classes and examples (a test task: of the largest split), its images gathered as uint8 and as float32
+        (before they are split into support and query), the minibatch schedule over the support (tasks.schedule_bytes);
+        a test task also the float32 images and int64 labels it returns (a training task's: fits.sampled_bytes)."""
+        names = list(self.splits) if evaluation else ["train"]
+        keys = max(self.splits[n].num_classes + self.n_way * self.splits[n].examples_per_class for n in names)
+        shots = self.k_shot + 1 if evaluation else self.train_shots + query_shots
+        support = self.n_way * (self.k_shot if evaluation else self.train_shots)
+        drawn = KEY_BYTES * keys + 5 * self.n_way * shots * math.prod(self.input_shape)
+        drawn += schedule_bytes(support, steps, batch, replacement and not evaluation)
+        return drawn + (self.n_way * shots * (4 * math.prod(self.input_shape) + 8) if evaluation else 0)
 
     def _check(self, split: str, shots: int, key: str, asked: str) -> None:
         """One-line ConfigError when a task cannot be drawn from `split` without repeating classes or examples."""

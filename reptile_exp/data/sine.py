@@ -12,7 +12,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from .tasks import TaskBatch, minibatch_schedule
+from .tasks import KEY_BYTES, TaskBatch, minibatch_schedule, schedule_bytes
 
 
 class Sine:
@@ -46,6 +46,28 @@ class Sine:
         self.device = torch.device(device)
         return self
 
+    def points(self, query_shots: int = 0, evaluation: bool = False) -> int:
+        """The x values one task draws: the grid's n_points, or k_shot support and query_shots (a test task: k_shot)
+        query points."""
+        if self.x_sampling == "grid":
+            return self.n_points
+        return self.k_shot + (self.k_shot if evaluation else query_shots)
+
+    def draw_bytes(
+        self, steps: int, batch: int, query_shots: int = 0, replacement: bool = False, evaluation: bool = False
+    ) -> int:
+        """The memory one task's draw passes through (from the shapes: a check must not draw): per point its float32
+        x, y and the two temporaries of a sin(x + b); the random keys of uniform x and of the support/query
+        permutation; the minibatch schedule over the support (tasks.schedule_bytes); a test task also the float32
+        support and query it returns (a training task's: fits.sampled_bytes)."""
+        n = self.points(query_shots, evaluation)
+        keys = n * (self.x_sampling == "uniform") + n * (evaluation or query_shots > 0)
+        if not evaluation:
+            return 4 * 4 * n + KEY_BYTES * keys + schedule_bytes(n - query_shots, steps, batch, replacement)
+        query = n if self.x_sampling == "grid" else n - self.k_shot
+        returned = 2 * 4 * (self.k_shot + query)
+        return 4 * 4 * n + KEY_BYTES * keys + schedule_bytes(self.k_shot, steps, batch) + returned
+
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         low, high = bounds
         return (low + (high - low) * torch.rand(shape, generator=g, device=g.device)).to(self.device, non_blocking=True)
@@ -75,8 +97,7 @@ class Sine:
         query_shots: int = 0,
     ) -> TaskBatch:
         """Training tasks: the inner loop cycles over the grid (or k_shot random points)."""
-        n = self.n_points if self.x_sampling == "grid" else self.k_shot + query_shots
-        a, b, x = self._curves(num_tasks, n, generator)
+        a, b, x = self._curves(num_tasks, self.points(query_shots), generator)
         y = a * torch.sin(x + b)
         x_query = y_query = None
         if query_shots:
@@ -93,8 +114,7 @@ class Sine:
         self, num_tasks: int, steps: int, batch: int, generator: torch.Generator, split: str = "test"
     ) -> TaskBatch:
         """Test tasks: adapt on k_shot points, score on the whole grid (or k_shot fresh points)."""
-        n = self.n_points if self.x_sampling == "grid" else 2 * self.k_shot
-        a, b, x = self._curves(num_tasks, n, generator)
+        a, b, x = self._curves(num_tasks, self.points(evaluation=True), generator)
         y = a * torch.sin(x + b)
         rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
         support = self._permutations(num_tasks, x.shape[1], generator)[:, : self.k_shot]

@@ -10,6 +10,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
+KEY_BYTES = 16  # one random key of a draw: the float32 key, its sorted copy and its int64 index (argsort, topk)
+
 
 @dataclass
 class TaskBatch:
@@ -86,11 +88,20 @@ def minibatch_schedule(
         raise ConfigError(
             f"inner_batch={batch} is invalid: a training task has {n} examples; choose inner_batch <= {n}"
         )
-    device = generator.device
+    rows = schedule_rows(n, steps, batch, replacement)
+    keys = torch.rand(num_tasks, rows, n, generator=generator, device=generator.device)
     if replacement:
-        keys = torch.rand(num_tasks, steps, n, generator=generator, device=device)
         return keys.argsort(dim=-1)[..., :batch]
-    passes = -(-steps * batch // n)
-    keys = torch.rand(num_tasks, passes, n, generator=generator, device=device)
-    order = keys.argsort(dim=-1).reshape(num_tasks, passes * n)
+    order = keys.argsort(dim=-1).reshape(num_tasks, rows * n)
     return order[:, : steps * batch].reshape(num_tasks, steps, batch)
+
+
+def schedule_rows(n: int, steps: int, batch: int, replacement: bool = False) -> int:
+    """The rows of n random keys minibatch_schedule draws per task: one per step with replacement, else one per
+    pass over the n examples."""
+    return steps if replacement else -(-steps * batch // n)
+
+
+def schedule_bytes(n: int, steps: int, batch: int, replacement: bool = False) -> int:
+    """One task's minibatch schedule at its peak: its random keys (KEY_BYTES each) and the int64 indices returned."""
+    return KEY_BYTES * schedule_rows(n, steps, batch, replacement) * n + 8 * steps * batch
