@@ -101,6 +101,21 @@ def test_csv_cache_is_reused_and_rebuilt_when_stale(tmp_path, images, monkeypatc
     assert (third.splits["val"].images[c, :, 0] > 240).all(dim=(1, 2)).any(), "the changed image was decoded"
 
 
+def test_csv_cache_with_damaged_content_is_rebuilt(tmp_path, images):
+    """A cache with the right key but a split of other image sizes, or names that miss a class, is decoded again."""
+    write_mini_csv(tmp_path, images)
+    first = load(tmp_path)
+    cache = tmp_path / ".reptile_exp_cache" / "miniimagenet-v1.pt"
+    saved = torch.load(cache, weights_only=True)
+    data = {**saved["data"], "val": saved["data"]["val"][:, :, :, :42], "test_names": saved["data"]["test_names"][1:]}
+    torch.save({**saved, "data": data}, cache)
+    with pytest.warns(UserWarning, match="is damaged"):
+        second = load(tmp_path)
+    for split in ("val", "test"):
+        assert torch.equal(first.splits[split].images, second.splits[split].images)
+        assert first.splits[split].class_names == second.splits[split].class_names
+
+
 def test_pickles_win_over_csv(tmp_path, images, monkeypatch):
     write_mini_csv(tmp_path, images)
     write_mini_pickles(tmp_path, images)

@@ -202,6 +202,31 @@ def test_corrupt_cache_is_rebuilt(root):
     assert cache.stat().st_size > 1000
 
 
+DAMAGES = {  # a cache with the right key whose content another program (or a crash) left wrong
+    "fewer_characters": lambda d: {**d, "images": d["images"][:10], "names": d["names"][:10]},
+    "more_names": lambda d: {**d, "names": d["names"] + d["names"][:20]},
+    "one_drawing_each": lambda d: {**d, "images": d["images"][:, 0].clone()},
+    "fewer_drawings": lambda d: {**d, "images": d["images"][:, :3].clone()},
+    "float_pixels": lambda d: {**d, "images": d["images"].float()},
+    "no_names": lambda d: {"images": d["images"]},
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES)
+def test_a_cache_with_damaged_content_is_rebuilt(root, damage):
+    """The content is checked against the counts the loader expects, not only the key: a damaged cache is decoded
+    again (it was an IndexError, a KeyError, or a run on 10 characters) and written whole."""
+    first = SmallOmniglot(str(root))
+    cache = root / ".reptile_exp_cache" / "omniglot-v1.pt"
+    saved = torch.load(cache, weights_only=True)
+    torch.save({**saved, "data": damage(saved["data"])}, cache)
+    with pytest.warns(UserWarning, match="is damaged"):
+        second = SmallOmniglot(str(root))
+    for split in ("train", "test"):
+        assert torch.equal(first.splits[split].images, second.splits[split].images)
+    assert torch.equal(torch.load(cache, weights_only=True)["data"]["images"], saved["data"]["images"])
+
+
 def test_unwritable_cache_falls_back_to_no_cache(root, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

@@ -206,8 +206,9 @@ def fingerprint(paths: list[Path], **params) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def load_cache(path: Path | None, key: str) -> dict | None:
-    """The cached payload if `path` holds one for `key`; None (with a warning if stale or corrupt) otherwise."""
+def load_cache(path: Path | None, key: str, layout: dict[str, tuple[str, tuple]]) -> dict | None:
+    """The cached payload if `path` holds one for `key` laid out as `layout` says ({images entry: (its class names'
+    entry, the images' uint8 shape, None for any size)}); None (with a warning if stale or damaged) otherwise."""
     if path is None or not path.exists():
         return None
     try:
@@ -218,7 +219,29 @@ def load_cache(path: Path | None, key: str) -> dict | None:
     if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("data"), dict):
         warnings.warn(f"cache {path} does not match the source files; rebuilding it", stacklevel=3)
         return None
+    if damage := next(filter(None, (_damage(saved["data"], *entry) for entry in layout.items())), None):
+        warnings.warn(f"cache {path} is damaged ({damage}); rebuilding it", stacklevel=3)
+        return None
     return saved["data"]
+
+
+def _damage(data: dict, images: str, names_shape: tuple[str, tuple]) -> str | None:
+    """What is wrong with a cached split: its images not a uint8 tensor of the shape, its names not one per class."""
+    names, shape = names_shape
+    found = data.get(images)
+    if not (
+        isinstance(found, Tensor)
+        and found.dtype == torch.uint8
+        and found.dim() == len(shape)
+        and all(want is None or want == got for want, got in zip(shape, found.shape))
+    ):
+        wanted = ", ".join("N" if n is None else str(n) for n in shape)
+        got = f"{str(found.dtype).removeprefix('torch.')} {tuple(found.shape)}" if isinstance(found, Tensor) else None
+        return f"{images!r} is {got or type(found).__name__}, expected uint8 ({wanted})"
+    listed = data.get(names)
+    if not (isinstance(listed, list) and len(listed) == len(found) and all(isinstance(n, str) for n in listed)):
+        return f"{names!r} does not name the {len(found)} classes of {images!r}"
+    return None
 
 
 def save_cache(path: Path | None, key: str, data: dict) -> None:

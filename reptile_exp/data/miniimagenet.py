@@ -146,7 +146,7 @@ def equal_sized(path: Path, classes: dict[str, list]) -> np.ndarray:
 def read_images(root: Path, tables: dict[str, Path], cache: Path | None) -> dict[str, FewShotSplit]:
     """The images/ + csv form, decoded once and cached."""
     key = fingerprint([*tables.values(), root / "images"], format="miniimagenet-v1")
-    data = load_cache(cache, key)
+    data = load_cache(cache, key, {s: (f"{s}_names", (None, None, 3, SIZE, SIZE)) for s in SPLITS})
     if data is None:
         data = {}
         for split, table in tables.items():

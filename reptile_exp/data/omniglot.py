@@ -94,7 +94,7 @@ class Omniglot(FewShotClassification):
         sources = find_sources(root, download)
         path = cache_file(root, cache, cache_dir, "omniglot-v1.pt")
         key = fingerprint(sources, format="omniglot-v1", expected=list(self.expected))
-        data = load_cache(path, key)
+        data = load_cache(path, key, {"images": ("names", (*self.expected[1:], SIZE, SIZE))})
         if data is None:
             data = decode(sources, self.expected)
             save_cache(path, key, data)
