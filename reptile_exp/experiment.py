@@ -18,6 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from . import protocols
 from .checkpoint import CheckpointError
 from .config import register_schema
 from .data.fewshot import synthetic_like
@@ -305,5 +306,8 @@ def build_dataset(cfg: DictConfig):
                 f"Error locating target '{d._target_}'. full_key: dataset; check the _target_ and keys of that "
                 "config group"
             ) from None
-        return synthetic_like(loader, d.n_way, d.k_shot, d.train_shots, seed=cfg.seed)
+        held_out = max(cfg.algorithm.get(key, 0) for key in ("query_shots", "tail_shots"))
+        tested = max(p.k_shot for p in protocols.parse(cfg)) + 1  # support and one query per class
+        settings = {k: v for k, v in d.items() if k not in ("_target_", *DATASET_LOCATION)}
+        return synthetic_like(loader, shots=max(d.train_shots + held_out, tested), seed=cfg.seed, **settings)
     return instantiate(cfg.dataset)

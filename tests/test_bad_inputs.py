@@ -148,6 +148,16 @@ CASES = [
         [*OMNIGLOT, "dataset.root={omniglot}", "dataset.val_characters=29"],
         "dataset.val_characters=29 is invalid: it leaves 4 training classes for dataset.n_way=5; set it <= 28",
     ),
+    (  # synthetic_data=true splits and checks as the real data does (Omniglot.split_classes)
+        "synthetic_val_too_few",
+        ["experiment=omniglot_5w1s", "synthetic_data=true", "dataset.val_characters=1"],
+        "dataset.val_characters=1 is invalid: a val task needs dataset.n_way=5 of them",
+    ),
+    (
+        "synthetic_val_absent",
+        ["experiment=omniglot_5w1s", "synthetic_data=true", "eval_splits=[val]", "objective_split=val"],
+        "this dataset has no 'val' split; list only ['test', 'train']; dataset.val_characters > 0 makes one",
+    ),
     (  # the smoke check's random images hold no more examples per class than the real data
         "smoke_shots",
         ["debug=smoke", "dataset=omniglot", "dataset.train_shots=25"],

@@ -13,11 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
+from hydra import compose, initialize_config_dir
 from PIL import Image
 from synthetic_data import ALPHABETS, SmallOmniglot, omniglot_pngs, png_bytes, write_omniglot
 
 import reptile_exp.data.omniglot as omniglot
+from reptile_exp import protocols
 from reptile_exp.data.fewshot import DatasetError, DatasetNotFoundError
+from reptile_exp.errors import ConfigError
+from reptile_exp.experiment import build_dataset
 
 REAL_OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 
@@ -439,3 +444,43 @@ def test_real_omniglot(tmp_path, monkeypatch):
     reload_s = time.perf_counter() - start
     assert torch.equal(ds.splits["test"].images, again.splits["test"].images)
     print(f"real Omniglot: decode {decode_s:.2f} s, cache reload {reload_s:.2f} s")
+
+
+SETTINGS = {  # SmallOmniglot: 30 training characters (120 classes), 10 test characters, 20 drawings each
+    "val_too_few": ["dataset.val_characters=1"],
+    "val_too_many": ["dataset.val_characters=29"],
+    "val_out_of_range": ["dataset.val_characters=30"],
+    "val": ["dataset.val_characters=5", "eval_splits=[val,test]"],
+    "no_val": ["eval_splits=[val,test]"],
+    "maml_query": ["algorithm=maml", "algorithm.query_shots=10"],
+    "maml_query_too_many": ["algorithm=maml", "algorithm.query_shots=11"],
+    "fomaml_tail": ["algorithm=fomaml", "algorithm.tail_shots=10"],
+    "protocol_shots": ["protocols=[{k_shot:1},{k_shot:19}]"],
+    "protocol_shots_too_many": ["protocols=[{k_shot:20}]"],
+}
+
+
+@pytest.mark.parametrize("overrides", SETTINGS.values(), ids=SETTINGS)
+def test_synthetic_data_splits_and_refuses_as_the_real_data_does(root, tmp_path, overrides):
+    """synthetic_data=true builds the splits the real data has with these settings and refuses what it refuses
+    (the val_characters checks, a split it lacks, a MAML query or a protocol's K beyond its drawings), and no more."""
+
+    def outcome(*source: str) -> dict | str:
+        """The class count of each split built (after a training and a test task of each setting), or the error."""
+        with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+            cfg = compose("train", [*given, *source])
+        try:
+            dataset = build_dataset(cfg)
+            listed = protocols.parse(cfg, dataset)
+            held_out = max(cfg.algorithm.get(key, 0) for key in ("query_shots", "tail_shots"))
+            dataset.sample_train(2, 1, 1, torch.Generator(), query_shots=held_out)
+            for p, split in ((p, split) for p in listed for split in cfg.eval_splits):
+                dataset.k_shot = p.k_shot
+                dataset.sample_eval(2, 1, 1, torch.Generator(), split)
+        except ConfigError as e:
+            return str(e)
+        return {name: s.num_classes for name, s in dataset.splits.items()}
+
+    given = ["experiment=omniglot_5w1s", "dataset._target_=synthetic_data.SmallOmniglot", *overrides]
+    real = outcome(f"dataset.root={root}", f"dataset.cache_dir={tmp_path}")
+    assert outcome("synthetic_data=true") == real

@@ -148,10 +148,10 @@ def test_protocols_that_cannot_be_evaluated_give_one_line():
         protocols.parse(_compose("protocols=[{transductive: true}]"))
     with pytest.raises(ConfigError, match=r"^protocols\[1\]\.k_shot=51 is invalid: must be <= dataset.n_points=50"):
         protocols.parse(_compose("protocols=[{k_shot: 50}, {k_shot: 51}]"))
-    cfg = _compose("experiment=omniglot_5w1s", "synthetic_data=true", "protocols=[{k_shot: 11}, {k_shot: 12}]")
-    dataset = build_dataset(cfg)  # synthetic Omniglot: 12 examples per class
+    cfg = _compose("experiment=omniglot_5w1s", "synthetic_data=true", "protocols=[{k_shot: 19}, {k_shot: 20}]")
+    dataset = build_dataset(cfg)  # synthetic Omniglot: at most the real data's 20 examples per class
     protocols.parse(cfg)  # the examples per class are only known from the data
-    with pytest.raises(ConfigError, match=r"^protocols\[1\]\.k_shot=12 is invalid: the 'train' split has 12 examples"):
+    with pytest.raises(ConfigError, match=r"^protocols\[1\]\.k_shot=20 is invalid: the 'train' split has 20 examples"):
         protocols.parse(cfg, dataset)
 
 

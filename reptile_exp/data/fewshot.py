@@ -169,21 +169,24 @@ def describe_root(root: Path) -> str:
     return f"{root} (a file, not a folder)" if root.exists() else f"{root} (which does not exist)"
 
 
-def synthetic_like(loader: type, n_way: int, k_shot: int, train_shots: int, seed: int = 0) -> FewShotClassification:
-    """Random images of a loader's shape and pixel range in train/val/test splits with the real data's classes
-    (loader.split_classes(): an n_way above them is refused as for the real data) and at most its examples per class
-    (shots above them too): for smoke runs (`synthetic_data=true`, set by debug=smoke) where the real files are
-    absent. Nothing is learnable."""
-    per_class = min(max(train_shots, k_shot + 1) + 2, loader.real_examples_per_class)
+def synthetic_like(
+    loader: type, n_way: int, k_shot: int, train_shots: int, shots: int = 0, seed: int = 0, **settings
+) -> FewShotClassification:
+    """Random images of a loader's shape and pixel range, for smoke runs (`synthetic_data=true`, set by debug=smoke)
+    where the real files are absent; nothing is learnable. The splits are the real data's with these settings
+    (loader.split_classes(n_way=n_way, **settings) checks them as the real loader does; an n_way above a split's classes
+    is refused as for the real data); each class holds 2 examples more than a task of the run draws (shots: the
+    most, as MAML's query or a protocol's K draw them), at most the real data's (more are refused as for it)."""
+    per_class = min(max(train_shots, k_shot + 1, shots) + 2, loader.real_examples_per_class)
     g = torch.Generator().manual_seed(seed)
-    classes = loader.split_classes()
+    classes = loader.split_classes(n_way=n_way, **settings)
 
     def split(name: str) -> FewShotSplit:
         shape = (classes[name], per_class, *loader.image_shape)
         images = torch.randint(0, loader.pixel_levels, shape, generator=g, dtype=torch.uint8)
         return FewShotSplit(images, [f"{name}{i}" for i in range(shape[0])])
 
-    splits = {name: split(name) for name in ("train", "val", "test")}
+    splits = {name: split(name) for name in classes}
     return FewShotClassification(splits, n_way, k_shot, train_shots, scale=loader.pixel_scale)
 
 

@@ -60,11 +60,24 @@ class Omniglot(FewShotClassification):
     num_train = 1200
 
     @classmethod
-    def split_classes(cls) -> dict[str, int]:
-        """Classes per split of the real data: 4 rotations of each training character; the test characters (val:
-        as many, the most it can hold)."""
-        test = cls.expected[1] - cls.num_train
-        return {"train": 4 * cls.num_train, "val": test, "test": test}
+    def split_classes(cls, n_way: int = 5, val_characters: int = 0) -> dict[str, int]:
+        """Classes per split of the real data with these settings (ConfigError for settings it cannot split): 4
+        rotations of each training character; the test characters; a val split of val_characters, if any."""
+        if not 0 <= val_characters < cls.num_train:
+            raise ConfigError(f"dataset.val_characters={val_characters} must be in [0, {cls.num_train})")
+        if 0 < val_characters < n_way:  # the val split's classes are these characters, unrotated
+            raise ConfigError(
+                f"dataset.val_characters={val_characters} is invalid: a val task needs dataset.n_way={n_way} of them; "
+                f"set it >= {n_way} (or 0: no val split)"
+            )
+        left = 4 * (cls.num_train - val_characters)  # training classes: each character in 4 rotations
+        if left < n_way:
+            raise ConfigError(
+                f"dataset.val_characters={val_characters} is invalid: it leaves {left} training classes for "
+                f"dataset.n_way={n_way}; set it <= {cls.num_train - -(-n_way // 4)}"
+            )
+        val = {"val": val_characters} if val_characters else {}
+        return {"train": left, **val, "test": cls.expected[1] - cls.num_train}
 
     def __init__(
         self,
@@ -77,19 +90,7 @@ class Omniglot(FewShotClassification):
         cache: bool = True,
         cache_dir: str | None = None,
     ):
-        if not 0 <= val_characters < self.num_train:
-            raise ConfigError(f"dataset.val_characters={val_characters} must be in [0, {self.num_train})")
-        if 0 < val_characters < n_way:  # the val split's classes are these characters, unrotated
-            raise ConfigError(
-                f"dataset.val_characters={val_characters} is invalid: a val task needs dataset.n_way={n_way} of them; "
-                f"set it >= {n_way} (or 0: no val split)"
-            )
-        left = 4 * (self.num_train - val_characters)  # training classes: each character in 4 rotations
-        if left < n_way:
-            raise ConfigError(
-                f"dataset.val_characters={val_characters} is invalid: it leaves {left} training classes for "
-                f"dataset.n_way={n_way}; set it <= {self.num_train - -(-n_way // 4)}"
-            )
+        self.split_classes(n_way, val_characters)  # its checks, before any file is read
         root = Path(root).expanduser()
         sources = find_sources(root, download)
         path = cache_file(root, cache, cache_dir, "omniglot-v1.pt")
