@@ -82,6 +82,7 @@ class Checkpointer:
         return None
 
 
+SAVED = (b"PK\x03\x04", b"\x80")  # how what torch.save writes begins: a zip archive (a pickle before torch 1.6)
 ELSEWHERE = "; pass another checkpoint, or train in a new run dir (hydra.run.dir=...)"  # the fix a bad file gets
 
 
@@ -93,6 +94,12 @@ def load(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        with path.open("rb") as f:
+            head = f.read(4)
+        if not head.startswith(SAVED):
+            raise CheckpointError(
+                f"{path} is not a checkpoint (it begins {head!r}, not with the zip header torch.save writes){ELSEWHERE}"
+            ) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it holds objects other than tensors and plain values (refused: loading it could run code)"

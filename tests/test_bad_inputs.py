@@ -180,6 +180,7 @@ CASES = [
     # checkpoints
     ("ckpt_missing", ["resume={tmp}/nowhere.pt"], "nowhere.pt does not exist"),
     ("ckpt_truncated", ["resume={ckpt_truncated}"], "cannot be loaded"),
+    ("ckpt_text", ["resume={ckpt_text}"], "notes.txt is not a checkpoint (it begins b'note', not with the zip header"),
     ("ckpt_hostile", ["resume={ckpt_hostile}"], "refused: loading it could run code"),
     ("ckpt_model", ["resume={ckpt}"], "model.hidden: this run has [64, 64], the checkpoint has [8, 8]"),
     # the same fingerprint, entries that do not fit: renamed weights, a missing entry
@@ -281,6 +282,8 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
     ckpt = next((base / "ckpt_run" / "checkpoints").glob("ckpt-*.pt"))
     paths = {"ckpt": ckpt, "ckpt_truncated": base / "ckpt_truncated.pt", "ckpt_hostile": base / "ckpt_hostile.pt"}
     paths["ckpt_truncated"].write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    paths["ckpt_text"] = base / "notes.txt"  # resume= given the wrong file
+    paths["ckpt_text"].write_text("notes of the run\n")
     torch.save({"phi": Payload(base / "pwned_by_checkpoint")}, paths["ckpt_hostile"])
     state = torch.load(ckpt, weights_only=True)
     paths["ckpt_renamed"], paths["ckpt_no_outer"] = base / "ckpt_renamed.pt", base / "ckpt_no_outer.pt"

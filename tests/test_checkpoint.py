@@ -166,7 +166,7 @@ def test_a_run_dirs_own_newer_checkpoint_wins_over_resume(tmp_path):
     for damaged in own.paths():  # every checkpoint of the run dir damaged: resume= still rescues it
         damaged.write_bytes(b"not a checkpoint")
     assert _load_for(_compose(f"resume={source}"), own, evaluate_only=False)[1] == source
-    with pytest.raises(ckpt.CheckpointError, match="cannot be loaded"):  # without resume=: the damage is named
+    with pytest.raises(ckpt.CheckpointError, match="ckpt-00000001.pt is not a checkpoint"):  # the damage is named
         _load_for(mine, own, evaluate_only=False)
 
 
