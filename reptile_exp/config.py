@@ -13,7 +13,8 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, OmegaConf
 
 
 class Device(Enum):
@@ -210,3 +211,9 @@ GROUP_RANGES = {
 INTERVALS = ("amplitude", "phase", "x_range")  # dataset knobs that are [low, high] pairs
 SPLITS = ("train", "val", "test")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def given_overrides() -> list[str]:
+    """The command line's overrides as typed ([] outside a Hydra run), their ${...} unresolved: reading one through
+    the Hydra config would resolve it, and `model.hidden=[${nope}]` would fail where it is read."""
+    return OmegaConf.to_container(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

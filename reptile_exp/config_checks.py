@@ -20,7 +20,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig
+from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig, given_overrides
 from .errors import ConfigError, fail, first_line
 from .instantiate import instantiate, locate, parameter_count
 from .memory import available_bytes
@@ -124,7 +124,7 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     needs = f"take inputs of shape {list(shape)}"
     if got is not None:
         needs = f"give {outputs} output{'s' if outputs != 1 else ''} per example, not {got[0]}"
-    changed = [o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith("model.")] if model else []
+    changed = [o for o in given_overrides() if o.lstrip("+").startswith("model.")] if model else []
     if fitting and model != fitting:
         fix = f"choose model={fitting} (or leave model out: it follows the dataset)"
     else:
@@ -191,6 +191,23 @@ def composition_error(e: Exception) -> str | None:
     return None
 
 
+def _holding(cfg: DictConfig, missing: str) -> str | None:
+    """The first key whose own value holds the interpolation ${missing} (the key a user wrote it in), or None."""
+
+    def leaves(node: Any, key: str):
+        if isinstance(node, dict):
+            for name, value in node.items():
+                yield from leaves(value, f"{key}.{name}" if key else str(name))
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                yield from leaves(value, f"{key}[{i}]")
+        else:
+            yield key, node
+
+    wanted = "${" + missing + "}"
+    return next((k for k, v in leaves(OmegaConf.to_container(cfg), "") if isinstance(v, str) and wanted in v), None)
+
+
 def _check_range(key: str, value: Any, allowed: Range) -> None:
     values = list(value) if isinstance(value, (list, ListConfig)) else [value]
     if not all(v in allowed for v in values):
@@ -207,11 +224,14 @@ def validate(cfg: DictConfig) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
-        if (e.full_key or "").startswith("model."):
+        missing = re.match(r"Interpolation key '([^']+)' not found", first_line(e))
+        if (e.full_key or "").startswith("model.") and (not missing or missing[1].startswith("dataset.")):
             check_model_fits_dataset(cfg)  # a model made for another dataset reads keys this one lacks
-        key = e.full_key or "config"
+        read = e.full_key or "config"
+        key = (missing and _holding(cfg, missing[1])) or read  # inner_lr=${nope}, read by inner_optimizer.lr
         fix = f"set {key} to a value, or point its ${{...}} at an existing key"
-        raise ConfigError(f"{key} cannot be resolved: {first_line(e)}; {fix}") from None
+        by = f" (read by {read})" if key != read else ""
+        raise ConfigError(f"{key} cannot be resolved{by}: {first_line(e)}; {fix}") from None
     for key, allowed in RANGES.items():
         _check_range(key, cfg[key], allowed)
     for group, ranges in GROUP_RANGES.items():

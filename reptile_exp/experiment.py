@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from enum import Enum
 
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from . import protocols
 from .checkpoint import CheckpointError
-from .config import register_schema
+from .config import given_overrides, register_schema
 from .data.fewshot import synthetic_like
 from .errors import ConfigError
 from .hardware import resolve
@@ -290,7 +289,7 @@ def set_deterministic(on: bool) -> None:
 def build_dataset(cfg: DictConfig):
     """The task distribution of cfg.dataset; random images of its shape when synthetic_data=true."""
     if cfg.synthetic_data and "root" in cfg.dataset:
-        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        given = given_overrides()
         root = next((o.split("=", 1)[1] for o in given if o.lstrip("+").startswith("dataset.root=")), None)
         if root is not None:
             log.warning(

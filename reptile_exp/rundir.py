@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt
 from .atomic import atomic_write_text
+from .config import given_overrides
 from .errors import ConfigError, first_line
 from .experiment import ADDED, DATASET_LOCATION, fingerprint
 from .run_results import DamagedFile, objective_of, read_json, read_yaml
@@ -37,7 +38,7 @@ def run_identity(cfg: DictConfig) -> tuple[str, str | None, str | None]:
     choices = hydra_cfg.runtime.choices if hydra_cfg else {}
     name = cfg.name or f"{choices.get('dataset', 'run')}-{choices.get('algorithm', '')}".rstrip("-")
     if hydra_cfg is not None and hydra_cfg.mode.name == "MULTIRUN":
-        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra", "logger"))]
+        overrides = [o for o in given_overrides() if not o.startswith(("hydra", "logger"))]
         return f"{name} {','.join(overrides)}".strip(), cfg.logger.group or Path(hydra_cfg.sweep.dir).name, name
     return name, None, name
 

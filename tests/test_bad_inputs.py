@@ -73,6 +73,12 @@ CASES = [
     ("sine_shots", ["dataset.k_shot=60"], "dataset.k_shot=60 is invalid: must be <= dataset.n_points=50"),
     ("split", ["eval_splits=[dev]"], "eval_splits=['dev'] is invalid: must list one or more of"),
     ("interpolation", ["name=${{nope}}"], "name cannot be resolved"),
+    (  # named where it was written, not where a group reads it (inner_optimizer.lr = ${inner_lr})
+        "interpolation_read",
+        ["inner_lr=${{nope}}"],
+        "inner_lr cannot be resolved (read by inner_optimizer.lr): Interpolation key 'nope' not found; set inner_lr",
+    ),
+    ("interpolation_list", ["model.hidden=[${{nope}}]"], "model.hidden[0] cannot be resolved: Interpolation key"),
     ("list_as_int", ["model.hidden=64"], "model.hidden=64 is invalid: must be a list"),
     ("threads", ["threads=100000"], "threads=100000 is invalid: must be <= the"),
     ("memory_overflow", ["eval_memory_mb=1e308"], "eval_memory_mb=1e+308 is invalid: must be a finite number in"),
