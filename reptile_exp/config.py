@@ -8,7 +8,8 @@ the ranges below and the cross-field constraints.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -119,6 +120,18 @@ class TrainConfig:
     evaluate_only: bool = False
     checkpoint: str | None = None
     progress: bool = True
+
+
+def bool_keys(schema: type = TrainConfig, prefix: str = "") -> list[str]:
+    """The schema's keys typed bool, dotted (logger.log_model); the groups' are their targets' parameters."""
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in fields(schema):
+        if hints[f.name] is bool:
+            keys.append(prefix + f.name)
+        elif is_dataclass(hints[f.name]):
+            keys += bool_keys(hints[f.name], f"{prefix}{f.name}.")
+    return keys
 
 
 def register_schema() -> None:

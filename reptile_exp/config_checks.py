@@ -10,17 +10,29 @@ import difflib
 import inspect
 import os
 import re
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import GROUP_RANGES, INTERVALS, RANGES, SPLITS, WANDB_MODES, Range, TrainConfig, given_overrides
+from .config import (
+    GROUP_RANGES,
+    INTERVALS,
+    RANGES,
+    SPLITS,
+    WANDB_MODES,
+    Range,
+    TrainConfig,
+    bool_keys,
+    given_overrides,
+)
 from .errors import ConfigError, fail, first_line
 from .instantiate import instantiate, locate, parameter_count
 from .memory import available_bytes
@@ -61,14 +73,24 @@ def check_known_keys(cfg: DictConfig) -> None:
         except ConfigError as e:
             raise ConfigError(_experiment_clash(group) or str(e)) from None
         for name in node:
-            annotation = params[name].annotation if name in params else ""
-            annotation = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+            annotation = annotation_name(params[name].annotation) if name in params else ""
             if annotation.startswith(("tuple[", "list[")):
                 annotation = "sequence" + (" | None" if annotation.endswith(" | None") else "")
             test, kind = TYPES.get(annotation.removesuffix(" | None"), (None, ""))
             value = node[name]
             if test is not None and not test(value) and not (value is None and annotation.endswith(" | None")):
                 fail(f"{group}.{name}", value, f"must be {kind}")
+
+
+def annotation_name(annotation: Any) -> str:
+    """A parameter's annotation as written in a module with postponed annotations: 'bool', 'bool | None' (torch's
+    optimizers annotate with the types themselves: bool, bool | None)."""
+    if isinstance(annotation, str):
+        return annotation
+    args = typing.get_args(annotation)
+    if type(None) in args and len(args) == 2:
+        return f"{annotation_name(next(a for a in args if a is not type(None)))} | None"
+    return getattr(annotation, "__name__", "")
 
 
 def _parameters(node: DictConfig) -> dict[str, inspect.Parameter] | None:
@@ -208,6 +230,17 @@ def _holding(cfg: DictConfig, missing: str) -> str | None:
     return next((k for k, v in leaves(OmegaConf.to_container(cfg), "") if isinstance(v, str) and wanted in v), None)
 
 
+def check_bool_overrides() -> None:
+    """A schema key typed bool takes true or false only: OmegaConf reads replacement=2 or progress=yes as true, so
+    the command line's values are checked as typed (a group's bool keys: check_known_keys)."""
+    typed = set(bool_keys())
+    for override in OverridesParser.create().parse_overrides(given_overrides()):
+        key, value = override.key_or_group, override.value()
+        interpolation = isinstance(value, str) and "${" in value  # checked where it resolves
+        if key in typed and not override.is_delete() and not interpolation and not isinstance(value, bool):
+            fail(key, value, "must be true or false")
+
+
 def _check_range(key: str, value: Any, allowed: Range) -> None:
     values = list(value) if isinstance(value, (list, ListConfig)) else [value]
     if not all(v in allowed for v in values):
@@ -232,6 +265,7 @@ def validate(cfg: DictConfig) -> None:
         fix = f"set {key} to a value, or point its ${{...}} at an existing key"
         by = f" (read by {read})" if key != read else ""
         raise ConfigError(f"{key} cannot be resolved{by}: {first_line(e)}; {fix}") from None
+    check_bool_overrides()
     for key, allowed in RANGES.items():
         _check_range(key, cfg[key], allowed)
     for group, ranges in GROUP_RANGES.items():

@@ -10,6 +10,7 @@ test runs a fresh interpreter.
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import shutil
@@ -23,7 +24,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, clean_env, run_train, train_cmd
+from omegaconf import OmegaConf
 from synthetic_data import mini_images, omniglot_pngs, png_bytes, write_mini_csv, write_mini_pickles, write_omniglot
+
+from reptile_exp.config import bool_keys
+from reptile_exp.config_checks import annotation_name
+from reptile_exp.instantiate import locate
 
 FAST = ["logger.mode=disabled", "progress=false", "device=cpu", "iterations=2", "eval_every=0", "eval_tasks=2"]
 OMNIGLOT = ["dataset=omniglot", "model=omniglot_conv", "dataset._target_=synthetic_data.SmallOmniglot"]
@@ -226,6 +232,24 @@ CASES = [
     ),
 ]
 EARLY = ["tf32_before_data"]
+
+
+def bool_cases() -> list[tuple[str, list[str], str]]:
+    """Every key typed bool given 2 (was read as true): the schema's (config.bool_keys) and each group option's, its
+    target's parameters annotated bool (or bool | None), chosen with its option."""
+    cases = [(f"bool_{key}", [f"{key}=2"], f"{key}=2 is invalid: must be true or false") for key in bool_keys()]
+    for group in ("dataset", "model", "algorithm", "inner_optimizer", "outer_optimizer"):
+        for option in sorted((ROOT / "conf" / group).glob("*.yaml")):
+            node = OmegaConf.load(option)
+            for name, param in inspect.signature(locate(node._target_)).parameters.items():
+                if annotation_name(param.annotation).removesuffix(" | None") == "bool":
+                    key = f"{group}.{name}"
+                    given = [f"{group}={option.stem}", f"{'' if name in node else '+'}{key}=2"]
+                    cases.append((f"bool_{key}_{option.stem}", given, f"{key}=2 is invalid: must be true or false"))
+    return cases
+
+
+CASES += bool_cases()
 
 
 def build_omniglot(base: Path) -> dict[str, Path]:
