@@ -49,14 +49,21 @@ def objective_of(results: dict, path: Path) -> float:
     return objective
 
 
-def read_yaml(path: Path) -> dict:
-    """A run dir's config.yaml, or DamagedFile naming it."""
+def read_yaml(path: Path, kind: type = dict) -> dict | list:
+    """A run dir's config.yaml (a mapping), or with kind=list its .hydra/overrides.yaml (the job's command-line
+    overrides, `key=value` strings); DamagedFile naming it otherwise."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
     except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as e:
         raise DamagedFile(f"{path} cannot be read ({first_line(e)}); restore it, or use a new run dir") from None
-    if not isinstance(loaded, dict):
-        raise DamagedFile(f"{path} is not a config (a YAML mapping); restore it, or use a new run dir")
+    if kind is list:
+        loaded = [] if loaded is None else loaded
+        valid = isinstance(loaded, list) and all(isinstance(o, str) for o in loaded)
+        what = "a job's overrides (a YAML list of key=value)"
+    else:
+        valid, what = isinstance(loaded, dict), "a config (a YAML mapping)"
+    if not valid:
+        raise DamagedFile(f"{path} is not {what}; restore it, or use a new run dir")
     return loaded
 
 

@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_write_text
 from .checkpoint import PATTERN
 from .errors import first_line
-from .run_results import RESULT_FILES, SUMMARY_KEYS, DamagedFile, read_json
+from .run_results import RESULT_FILES, SUMMARY_KEYS, DamagedFile, read_json, read_yaml
 
 log = logging.getLogger(__name__)
 FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
@@ -51,19 +50,28 @@ def as_dict(items: list[str]) -> dict[str, str]:
 
 
 def overrides(job_dir: Path) -> dict[str, str]:
-    """The job's command-line overrides."""
-    return as_dict(yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+    """The job's command-line overrides (.hydra/overrides.yaml), or DamagedFile naming that file."""
+    return as_dict(read_yaml(job_dir / ".hydra" / "overrides.yaml", list))
+
+
+def readable_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's overrides, none where its overrides.yaml is damaged (its row says so: job_row)."""
+    try:
+        return overrides(job_dir)
+    except DamagedFile:
+        return {}
 
 
 def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """Overrides, status (finished, pruned, failed, incomplete, damaged) and final metrics of one job; pruned:
     stopped by an Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the
-    last periodic evaluation's; damaged: its summary does not parse (the error says which file)."""
-    row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir)), **overrides(job_dir)}
+    last periodic evaluation's; damaged: its summary or its overrides do not parse (the error says which file)."""
+    row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir))}
     error = job_dir / "error.txt"
     # a training job's summary, or an evaluate_only job's
     summary = next((p for p in (job_dir / "summary.json", job_dir / "evaluation.json") if p.exists()), None)
     try:
+        row.update(overrides(job_dir))
         s = None if summary is None else read_json(summary, SUMMARY_KEYS)
     except DamagedFile as e:
         s, row["status"], row["error"] = None, "damaged", str(e)
@@ -97,7 +105,7 @@ def summarize(sweep_dir: Path) -> dict[str, Path]:
     sweep_dir = Path(sweep_dir)
     dirs = job_dirs(sweep_dir)
     rows = [job_row(d, sweep_dir) for d in dirs]
-    knobs = list(dict.fromkeys(k for d in dirs for k in overrides(d)))
+    knobs = list(dict.fromkeys(k for d in dirs for k in readable_overrides(d)))
     metrics = sorted({k for r in rows for k in r if "/" in k and k not in knobs and k != "objective_name"})
     columns = FIRST + knobs + LAST + metrics + [c for c in TRAILER if any(c in r for r in rows)]
     written = {"csv": sweep_dir / "sweep_summary.csv", "md": sweep_dir / "sweep_summary.md"}
@@ -208,7 +216,8 @@ def unfinished(sweep_dir: Path) -> str | None:
     if not bad:
         return None
     named = "; ".join(
-        f"job {r['job']} ({' '.join(f'{k}={v}' for k, v in overrides(sweep_dir / r['job']).items())})" for r in bad
+        f"job {r['job']} ({' '.join(f'{k}={v}' for k, v in readable_overrides(sweep_dir / r['job']).items())})"
+        for r in bad
     )
     return f"{len(bad)} of {len(rows)} jobs failed or did not finish: {named}; see {sweep_dir / 'sweep_summary.md'}"
 
@@ -239,8 +248,12 @@ def refusal(config: DictConfig) -> str | None:
     sweep_dir = Path(config.hydra.sweep.dir)
     for num, job in enumerate(jobs):
         ran = sweep_dir / str(num)
-        if (ran / ".hydra" / "overrides.yaml").exists() and overrides(ran) != as_dict(job):
-            changed = _changed(overrides(ran), as_dict(job))
+        try:
+            done = overrides(ran) if (ran / ".hydra" / "overrides.yaml").exists() else None
+        except DamagedFile as e:
+            return f"hydra.sweep.dir={sweep_dir} holds a damaged job {num}: {e}"
+        if done is not None and done != as_dict(job):
+            changed = _changed(done, as_dict(job))
             return (
                 f"hydra.sweep.dir={sweep_dir} holds another sweep (job {num} {changed}); "
                 "re-run that sweep's exact command to resume it, or set hydra.sweep.dir to a new folder"

@@ -168,6 +168,17 @@ def test_a_bad_out_or_a_single_run_dir_is_refused_before_any_job_is_read(tmp_pat
         assert exit.value.code == 2 and message in err.splitlines()[-1], err
 
 
+def test_a_damaged_overrides_record_is_one_line_and_exit_1(tmp_path, capsys):
+    _damaged_multirun(tmp_path / "sweep")
+    record = tmp_path / "sweep" / "0" / ".hydra" / "overrides.yaml"
+    record.write_text("- k=1\n: [\n")
+    with pytest.raises(SystemExit) as exit:
+        study_script.main([str(tmp_path / "sweep"), "--plot", "learning"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and err.count("\n") == 1
+    assert f"error: {record} cannot be read (while parsing a block collection); restore it" in err
+
+
 def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, capsys):
     _damaged_multirun(tmp_path / "sweep")
     with pytest.raises(SystemExit) as exit:

@@ -187,6 +187,34 @@ def test_a_damaged_summary_is_a_damaged_job_of_a_failed_sweep(smoke_sweep, tmp_p
     assert "2 jobs: 1 finished, 0 failed, 1 damaged, 0 incomplete" in (sweep / "sweep_summary.md").read_text()
 
 
+DAMAGED_OVERRIDES = {  # .hydra/overrides.yaml as an interrupted copy, a hand edit or another program leaves it
+    "unparsable": ("- k=2\n: [\n", "cannot be read (while parsing a block collection)"),
+    "a_mapping": ("k: 2\n", "is not a job's overrides (a YAML list of key=value)"),
+    "a_number": ("- 2\n", "is not a job's overrides (a YAML list of key=value)"),
+}
+
+
+@pytest.mark.parametrize("text,words", DAMAGED_OVERRIDES.values(), ids=DAMAGED_OVERRIDES)
+def test_a_damaged_overrides_record_is_a_damaged_job_of_the_summary(smoke_sweep, tmp_path, text, words):
+    """The summary script writes the table with that job as damaged (was a YAML traceback, or an AttributeError),
+    and a sweep into that dir is refused in one line before any job runs."""
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    record = sweep / "1" / ".hydra" / "overrides.yaml"
+    record.write_text(text)
+    out = summarize_script(tmp_path, sweep)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["finished", "damaged"] and rows[0]["k"] == "1"
+    assert rows[1]["error"] == f"{record} {words}; restore it, or use a new run dir"
+    again = sweep_into(tmp_path, sweep)
+    assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr
+    assert (
+        again.stderr.strip().splitlines()[-1]
+        == f"error: hydra.sweep.dir={sweep} holds a damaged job 1: {rows[1]['error']}"
+    )
+    assert record.read_text() == text
+
+
 def test_the_summary_script_refuses_a_run_dir(smoke_sweep, tmp_path):
     run_dir = smoke_sweep / "0"
     out = summarize_script(tmp_path, run_dir)
