@@ -43,3 +43,13 @@ def unwritable(folder: Path) -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+def unwritable_file(path: Path) -> str | None:
+    """Why a script cannot write the file `path` (a folder is there, or its folder cannot be created or written in),
+    or None; its folder is created: the output checked before the script's work, not after."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder"
+    why = unwritable(path.parent)
+    return f"{path.parent} cannot be created or written ({why})" if why else None

@@ -35,6 +35,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from reptile_exp import fits, strict_json
 from reptile_exp.atomic import atomic_write_text, unwritable
+from reptile_exp import fits
+from reptile_exp.atomic import atomic_write_text, unwritable_file
 from reptile_exp.cli import at_least
 from reptile_exp.config_checks import composition_error, validate
 from reptile_exp.errors import ConfigError, ReptileExpError
@@ -338,9 +340,9 @@ def arguments() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = arguments()
     args = parser.parse_args(argv)
-    why = args.json_out and unwritable(args.json_out.parent)  # refused now, not after the timing
+    why = args.json_out and unwritable_file(args.json_out)  # refused now, not after the timing
     if why:
-        parser.error(f"--json-out {args.json_out}: {args.json_out.parent} is not a writable folder ({why})")
+        parser.error(f"--json-out {args.json_out}: {why}; pass a file path in a writable folder")
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible here; --device cpu times this CPU")

@@ -34,6 +34,7 @@ import torch
 
 from reptile_exp import strict_json
 from reptile_exp.atomic import atomic_write_text, unwritable
+from reptile_exp.atomic import atomic_write_text, unwritable_file
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
 from reptile_exp.run_results import read_json
@@ -412,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     plans = {name: budgets[0 if args.device == "cuda" else 1] for name, budgets in PLANS.items()} | dict(args.plan)
     out = args.out or ROOT / "outputs" / "gpu_check" / time.strftime("%Y-%m-%d_%H-%M-%S") / "summary.json"
     work = args.work or out.parent / f"{out.stem}_steps"
-    why = unwritable(out.parent)  # refused now, not after the first step
+    why = unwritable_file(out)  # refused now, not after the first step
     if why:
-        parser.error(f"--out {out}: {out.parent} cannot be created or written ({why}); pass another path")
+        parser.error(f"--out {out}: {why}; pass another path")
     if out.exists() and not args.only:
         parser.error(f"--out {out} exists; pass a new path, or --only STEP... to re-run steps into it")
     check = Check(args.device, out, work, args.budget_s, plans)

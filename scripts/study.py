@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from reptile_exp.atomic import unwritable  # noqa: E402
+from reptile_exp.atomic import unwritable_file  # noqa: E402
 from reptile_exp.errors import ReptileExpError  # noqa: E402
 from reptile_exp.run_results import read_json, read_yaml  # noqa: E402
 from reptile_exp.sweep import is_run_dir, job_dirs, overrides  # noqa: E402
@@ -230,9 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     formats = FigureCanvasBase.get_supported_filetypes()
     if out.suffix[1:] not in formats:
         parser.error(f"--out {out}: the figure path must end in {', '.join(f'.{f}' for f in sorted(formats))}")
-    why = unwritable(out.parent)  # refused now, not after the tables
-    if why:
-        parser.error(f"--out {out}: {out.parent} cannot be created or written ({why}); pass another path")
+    why = next(filter(None, map(unwritable_file, (out, out.with_suffix(".csv"), out.with_suffix(".md")))), None)
+    if why:  # refused now, not after the tables
+        parser.error(f"--out {out}: {why}; pass another path")
     sweeps = []
     for sweep in args.dirs:
         try:

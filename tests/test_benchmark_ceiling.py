@@ -93,7 +93,8 @@ def test_a_bad_contender_config_or_json_out_is_refused_before_anything_is_timed(
         (["--overrides", "k=abc"], "--overrides k=abc: k='abc' is invalid: "),
         (["--overrides", "kk=3"], "--overrides kk=3: kk is not a config key: did you mean 'k'?"),
         (["--variants", "cudagraphs"], "--variants cudagraphs: compile=cudagraphs is invalid on device=cpu"),
-        (["--json-out", str(tmp_path / "file" / "r.json")], f": {tmp_path / 'file'} is not a writable folder"),
+        (["--json-out", str(tmp_path / "file" / "r.json")], f": {tmp_path / 'file'} cannot be created or written ("),
+        (["--json-out", str(tmp_path)], f"--json-out {tmp_path}: {tmp_path} is a folder; pass a file path in a"),
     ):
         with pytest.raises(SystemExit) as exit:
             bench.main(["--device", "cpu", "--quick", "--presets", "sine", *args])

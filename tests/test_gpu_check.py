@@ -163,6 +163,7 @@ def test_an_out_that_cannot_be_written_or_exists_is_refused_before_any_step(tmp_
         (["--out", str(tmp_path / "file" / "s.json")], f"{tmp_path / 'file'} cannot be created or written ("),
         ([], f"--out {earlier} exists; pass a new path, or --only STEP... to re-run steps into it"),
         (["--only", "environment"], f"--out {earlier} is no summary to re-run steps into (KeyError: 'steps')"),
+        (["--only", "environment", "--out", str(tmp_path)], f"--out {tmp_path}: {tmp_path} is a folder; pass another"),
     ):
         proc = _check(tmp_path, "--budget-s", "1", *args)
         output, _ = proc.communicate(timeout=60)

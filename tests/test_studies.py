@@ -156,10 +156,12 @@ def test_a_bad_out_or_a_single_run_dir_is_refused_before_any_job_is_read(tmp_pat
     (run / ".hydra").mkdir(parents=True)
     (run / "summary.json").write_text("{}")
     (tmp_path / "file").write_text("")
+    (tmp_path / "fig.csv").mkdir()  # where the table beside the figure goes
     multirun = "pass the multirun dir that holds its jobs (outputs/multiruns/<date>_<time>)"
     for args, message in (
         ([sweep, "--out", tmp_path / "st3.txt"], f"--out {tmp_path / 'st3.txt'}: the figure path must end in "),
         ([sweep, "--out", tmp_path / "file" / "x.png"], f"{tmp_path / 'file'} cannot be created or written ("),
+        ([sweep, "--out", tmp_path / "fig.png"], f"--out {tmp_path / 'fig.png'}: {tmp_path / 'fig.csv'} is a folder;"),
         ([run], f"{run} is a single run dir; {multirun}"),
     ):
         with pytest.raises(SystemExit) as exit:
