@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from .atomic import atomic_write_text
 from .config_checks import composition_error
 from .errors import ReptileExpError
+from .instantiate import target_error
 from .report import penalty
 from .rundir import HYDRA_RECORD, settle_hydra_record
 from .signals import Interrupted, redeliver
@@ -50,8 +51,7 @@ def user_error(e: Exception) -> str | None:
             "(hydra.run.dir=...)"
         )
     if isinstance(e, InstantiationException) and isinstance(e.__cause__, (ImportError, TypeError)):
-        reason = " ".join(str(e).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").split())
-        return f"{reason}; check the _target_ and keys of that config group"
+        return target_error(e)  # hydra.utils.instantiate called directly (an Optuna pruner)
     if isinstance(e, torch.OutOfMemoryError):
         first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
         return f"out of device memory ({first}); lower meta_batch, or eval_chunk / eval_memory_mb if it was evaluating"

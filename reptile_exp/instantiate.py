@@ -11,17 +11,27 @@ from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
 
-from .errors import ReptileExpError
+from .errors import ConfigError, ReptileExpError
 
 
-def instantiate(node: DictConfig, *args):
-    """hydra.utils.instantiate, re-raising a ReptileExpError the target raised as itself (not wrapped)."""
+def instantiate(node: DictConfig, *args, **kwargs):
+    """hydra.utils.instantiate, re-raising a ReptileExpError the target raised as itself (not wrapped), and a _target_
+    that does not import or does not take the group's keys as ConfigError (target_error)."""
     try:
-        return hydra_instantiate(node, *args)
+        return hydra_instantiate(node, *args, **kwargs)
     except InstantiationException as e:
         if isinstance(e.__cause__, ReptileExpError):
             raise e.__cause__ from None
+        if isinstance(e.__cause__, (ImportError, TypeError)):
+            raise ConfigError(target_error(e)) from None
         raise
+
+
+def target_error(e: InstantiationException) -> str:
+    """The one line of a _target_ that does not import or does not take its keys: Hydra's words (without its
+    HYDRA_FULL_ERROR hint) and the fix."""
+    reason = " ".join(str(e).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "").split())
+    return f"{reason}; check the _target_ and keys of that config group"
 
 
 def locate(target: str) -> Any:

@@ -62,14 +62,14 @@ CASES = [
     ),
     ("unknown_option", ["dataset=nope"], "choose one of ['miniimagenet', 'omniglot', 'sine']"),
     ("override_syntax", ["k=[1,"], "cannot compose the config"),
-    ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'"),
+    ("bad_target", ["dataset._target_=nope.Nope"], "Error locating target 'nope.Nope'. full_key: dataset; check the"),
     ("bad_activation", ["model.activation=foo"], "model.activation='foo' is invalid: choose one of ['relu', 'tanh']"),
     ("bad_x_sampling", ["dataset.x_sampling=foo"], "dataset.x_sampling='foo' is invalid: choose 'grid' or 'uniform'"),
     ("bad_model_target", ["model._target_=nope.Nope"], "Error locating target 'nope.Nope'. full_key: model"),
     (
         "bad_target_synthetic",
         ["experiment=omniglot_5w1s", "synthetic_data=true", "dataset._target_=nope.Nope"],
-        "Error locating target 'nope.Nope'. full_key: dataset",
+        "Error locating target 'nope.Nope'. full_key: dataset; check the _target_ and keys of that config group",
     ),
     # validate(): ranges and cross-field checks
     ("k_zero", ["k=0"], "k=0 is invalid: must be an integer >= 1"),

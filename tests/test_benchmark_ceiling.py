@@ -104,11 +104,14 @@ def test_a_bad_contender_config_or_json_out_is_refused_before_anything_is_timed(
 
 def test_a_contender_this_machine_cannot_run_is_one_usage_line(capsys):
     """Checked as its engine is built, before its timing: a CUDA device on a machine without one, a meta-batch
-    that cannot fit (fits.check, as train.py checks it)."""
+    that cannot fit (fits.check, as train.py checks it), a dataset _target_ that does not import (the line
+    train.py prints: instantiate.target_error)."""
     bench = script("benchmark")
+    located = "Error locating target 'nope.Nope'. full_key: dataset; check the _target_ and keys of that config group"
     for overrides, message in (
         (["device=cuda"], "device='cuda' is invalid: no CUDA GPU is visible here"),
         (["meta_batch=100000000"], "meta_batch=100000000: one outer step needs about"),
+        (["dataset._target_=nope.Nope"], located),
     ):
         if overrides == ["device=cuda"] and torch.cuda.is_available():
             continue  # the GPU is there: nothing to refuse
