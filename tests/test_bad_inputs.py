@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pickle
 import shutil
 import struct
@@ -369,7 +370,9 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     assert checkpoint_run.wait(timeout=300) == 0
     places.update(damaged_checkpoints(base))
     # one intra-op thread: on a busy 2-core machine a second one spin-waits and costs several times the CPU
-    env = clean_env(base, PYTHONPATH=str(ROOT / "tests"), REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
+    # ROOT first: the forked script (tests/forked_train.py) imports this checkout's reptile_exp, not an installed one
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    env = clean_env(base, PYTHONPATH=path, REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
 
     cases = [
         [*FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}", *(o.format(**places) for o in overrides)]
