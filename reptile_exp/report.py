@@ -36,18 +36,13 @@ log = logging.getLogger("reptile_exp")
 def eval_examples(exp: Experiment, eval_batch: int | None = None) -> int:
     """The most inputs a test task puts through the model at once: its inner minibatch (eval_batch: an eval_batch
     above the support set cycles through it), or its support and one query per class (which cover the support plus
-    one query, or the queries alone); sine: the minibatch or the query grid."""
-    dataset = exp.dataset
-    task = dataset.n_way * (dataset.k_shot + 1) if dataset.kind == "classification" else getattr(dataset, "n_points", 0)
-    return max(eval_batch or exp.cfg.eval_batch, task)
-    """The most inputs a test task puts through the model at once: its support and one query per class (the inner
-    minibatches, the support plus one query, or the queries alone); sine: the minibatch or the query points (the
-    grid, or k_shot fresh points)."""
+    one query, or the queries alone); sine: the minibatch or the query points (the grid, or k_shot fresh points)."""
     dataset = exp.dataset
     if dataset.kind == "classification":
-        return dataset.n_way * (dataset.k_shot + 1)
-    queries = dataset.points(evaluation=True) - (dataset.k_shot if dataset.x_sampling == "uniform" else 0)
-    return max(eval_batch or exp.cfg.eval_batch, queries)
+        task = dataset.n_way * (dataset.k_shot + 1)
+    else:
+        task = dataset.points(evaluation=True) - (dataset.k_shot if dataset.x_sampling == "uniform" else 0)
+    return max(eval_batch or exp.cfg.eval_batch, task)
 
 
 def eval_task_bytes(exp: Experiment, eval_batch: int | None = None, k_eval: int | None = None) -> int:

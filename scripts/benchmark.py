@@ -34,8 +34,6 @@ from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
 from reptile_exp import fits, strict_json
-from reptile_exp.atomic import atomic_write_text, unwritable
-from reptile_exp import fits
 from reptile_exp.atomic import atomic_write_text, unwritable_file
 from reptile_exp.cli import at_least
 from reptile_exp.config_checks import composition_error, validate

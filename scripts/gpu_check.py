@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 
 from reptile_exp import strict_json
-from reptile_exp.atomic import atomic_write_text, unwritable
 from reptile_exp.atomic import atomic_write_text, unwritable_file
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name

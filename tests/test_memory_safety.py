@@ -21,8 +21,8 @@ from hydra import compose, initialize_config_dir
 
 from reptile_exp.experiment import build
 from reptile_exp.fits import sampled_bytes
-from reptile_exp.memory import available_bytes, cgroup_headroom
 from reptile_exp.measure import peak_memory_mb
+from reptile_exp.memory import available_bytes, cgroup_headroom
 
 CAP = 8 * 2**30
 MIB = 2**20
