@@ -24,7 +24,7 @@ def test_a_smoke_run_says_what_its_numbers_are_and_what_it_does_not_read(tmp_pat
     )
     lines = out.stderr.splitlines()
     assert any("dataset.root=/data/omniglot is not read" in line and "synthetic_data=false" in line for line in lines)
-    periodic = [line for line in lines if re.search(r"iteration \d+: val accuracy", line)]
+    periodic = [line for line in lines if re.search(r"iteration \d+: test accuracy", line)]  # no val split
     assert [re.search(r"iteration (\d+)", line)[1] for line in periodic] == ["3", "6"]  # eval_every=3 of 6
     finals = [line for line in lines if re.search(r"\] - (train|test) accuracy", line)]
     assert len(finals) == 2

@@ -45,14 +45,26 @@ def test_inner_adam_reset_starts_every_outer_step_and_test_task_from_a_fresh_sta
 @pytest.mark.parametrize(
     ("overrides", "split", "metric"),
     [
-        (["experiment=omniglot_5w1s", "synthetic_data=true", "meta_batch=2", "k=2", "k_eval=2"], "val", "accuracy"),
+        (
+            [
+                "experiment=omniglot_5w1s",
+                "synthetic_data=true",
+                "dataset.val_characters=50",
+                "meta_batch=2",
+                "k=2",
+                "k_eval=2",
+            ],
+            "val",
+            "accuracy",
+        ),
         (["experiment=sine_reptile"], "test", "mse"),
     ],
     ids=["with-val", "without-val"],
 )
 def test_the_periodic_evaluation_monitors_val_where_the_dataset_has_one(tmp_path, overrides, split, metric):
-    """Omniglot (synthetic: train/val/test) logs eval/val_*, sine (no val split) eval/test_*; the logged value is an
-    evaluation of that split with the run's phi at that iteration, not another split's under a new name."""
+    """Omniglot with val_characters (synthetic: train/val/test) logs eval/val_*, sine (no val split) eval/test_*;
+    the logged value is an evaluation of that split with the run's phi at that iteration, not another split's under
+    a new name."""
     cfg = _cfg(*overrides, "iterations=2", "eval_every=2", "eval_every_tasks=20", "eval_tasks=2", "checkpoint_every=2")
     run(cfg, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

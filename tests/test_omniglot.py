@@ -3,6 +3,7 @@
 import io
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -132,6 +133,35 @@ def test_val_characters_come_from_the_end_of_train_unrotated(root, pngs):
             assert np.array_equal(ds.splits["val"].images[i, j, 0].numpy(), reference_pixels(png))
     with pytest.raises(ValueError, match="dataset.val_characters"):
         SmallOmniglot(str(root), val_characters=30)
+
+
+def _refusal(dataset, n_way: int, val: int) -> str | None:
+    try:
+        dataset.split_classes(n_way, val)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("dataset", [SmallOmniglot, omniglot.Omniglot], ids=["small", "real-counts"])
+def test_every_split_refusal_names_a_fix_that_is_accepted(dataset):
+    """Each (n_way, val_characters) that split_classes refuses names the key to change and a value; following the
+    fixes splits, each key changed at most once (no fix that cannot hold, as 'set it <= -23800' for n_way=100000, or
+    'set it <= 22' that a val split then refuses)."""
+    n = dataset.num_train
+    ways = sorted({1, 2, 5, n // 2, n - 1, n, n + 1, 2 * n, 4 * n - 1, 4 * n, 4 * n + 1, 25 * n})
+    vals = sorted({0, 1, 4, 5, n // 3, n // 2, n - 3, n - 1})
+    refused = 0
+    for setting in ((n_way, val) for n_way in ways for val in vals):
+        refused += _refusal(dataset, *setting) is not None
+        changed = set()
+        while message := _refusal(dataset, *setting):
+            fix = re.search(r"set (dataset\.n_way|it) (<=|>=|to) (-?\d+)", message)
+            assert fix and fix[1] not in changed, message
+            changed.add(fix[1])
+            setting = (int(fix[3]), setting[1]) if fix[1] == "dataset.n_way" else (setting[0], int(fix[3]))
+            assert setting[0] >= 1 and 0 <= setting[1] < n, message
+    assert refused >= 10
 
 
 def test_sampled_tasks_use_the_omniglot_splits(root):

@@ -49,6 +49,13 @@ class FewShotSplit:
         return self.images.shape[1]
 
 
+def too_many_ways(n_way: int, classes: int, split: str) -> ConfigError:
+    """The error of a task with more classes than its split has."""
+    return ConfigError(
+        f"dataset.n_way={n_way} exceeds the {classes} classes of the {split!r} split; set dataset.n_way <= {classes}"
+    )
+
+
 class FewShotClassification:
     """N-way K-shot tasks over the classes of each split (REFERENCE.md section 4).
 
@@ -131,10 +138,7 @@ class FewShotClassification:
         """One-line ConfigError when a task cannot be drawn from `split` without repeating classes or examples."""
         s = self.splits[split]
         if self.n_way > s.num_classes:
-            raise ConfigError(
-                f"dataset.n_way={self.n_way} exceeds the {s.num_classes} classes of the {split!r} split; "
-                f"set dataset.n_way <= {s.num_classes}"
-            )
+            raise too_many_ways(self.n_way, s.num_classes, split)
         if shots > s.examples_per_class:
             raise ConfigError(
                 f"{asked} needs {shots} distinct examples per class but the {split!r} split has "

@@ -38,6 +38,7 @@ from reptile_exp.data.fewshot import (
     fingerprint,
     load_cache,
     save_cache,
+    too_many_ways,
 )
 from reptile_exp.errors import ConfigError
 
@@ -65,16 +66,22 @@ class Omniglot(FewShotClassification):
         rotations of each training character; the test characters; a val split of val_characters, if any."""
         if not 0 <= val_characters < cls.num_train:
             raise ConfigError(f"dataset.val_characters={val_characters} must be in [0, {cls.num_train})")
+        if n_way > 4 * cls.num_train:  # no val_characters helps
+            raise too_many_ways(n_way, 4 * cls.num_train, "train")
+        left = 4 * (cls.num_train - val_characters)  # training classes: each character in 4 rotations
+        most = cls.num_train - -(-n_way // 4)  # the most val characters that leave n_way training classes
+        fix = f"set it to 0 (no val split of {n_way} characters leaves {n_way} training classes)"
         if 0 < val_characters < n_way:  # the val split's classes are these characters, unrotated
+            fix = f"set it >= {n_way} (or 0: no val split)" if n_way <= most else fix
             raise ConfigError(
                 f"dataset.val_characters={val_characters} is invalid: a val task needs dataset.n_way={n_way} of them; "
-                f"set it >= {n_way} (or 0: no val split)"
+                + fix
             )
-        left = 4 * (cls.num_train - val_characters)  # training classes: each character in 4 rotations
         if left < n_way:
+            fix = f"set it <= {most}" if n_way <= most else fix
             raise ConfigError(
                 f"dataset.val_characters={val_characters} is invalid: it leaves {left} training classes for "
-                f"dataset.n_way={n_way}; set it <= {cls.num_train - -(-n_way // 4)}"
+                f"dataset.n_way={n_way}; {fix}"
             )
         val = {"val": val_characters} if val_characters else {}
         return {"train": left, **val, "test": cls.expected[1] - cls.num_train}
