@@ -6,6 +6,7 @@ id there (docs/sweeps.md); a finished run or evaluation is not silently redone, 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -168,8 +169,10 @@ def settle_hydra_record(job_dir: Path, accepted: bool) -> None:
         return
     if accepted or not record.is_dir():
         record.mkdir(exist_ok=True)
-        for f in pending.iterdir():
-            os.replace(f, record / f.name)
+        with contextlib.suppress(FileNotFoundError):  # the ranks of one job share its dir: another moved it first
+            for f in pending.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f, record / f.name)
     shutil.rmtree(pending, ignore_errors=True)
 
 

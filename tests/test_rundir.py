@@ -43,3 +43,43 @@ def test_a_sweeps_wandb_group_is_logger_group_when_given_else_the_sweep_dirs_nam
     finally:
         HydraConfig.instance().cfg = None
     assert (name, run_group, job_type) == ("sine-reptile k=2,seed=1", expected, "sine-reptile")
+
+
+def _settle_rounds(job_dir: str, rounds: int, barrier) -> None:
+    from pathlib import Path
+
+    from reptile_exp.rundir import PENDING_RECORD, settle_hydra_record
+
+    for i in range(rounds):
+        pending = Path(job_dir) / PENDING_RECORD
+        pending.mkdir(exist_ok=True)
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (pending / name).write_text(f"{name} {i}\n")
+        barrier.wait()
+        settle_hydra_record(Path(job_dir), accepted=True)
+        barrier.wait()
+
+
+def test_ranks_of_one_job_settle_its_hydra_record_side_by_side(tmp_path):
+    """torchrun's ranks share a run dir (hydra.run.dir=...) and each settles Hydra's record of it at once: the one
+    that finds a file already moved by another must go on, not die (FileNotFoundError stopped the gpu_check
+    rehearsal's two-ranks step)."""
+    import multiprocessing
+
+    from reptile_exp.rundir import HYDRA_RECORD, PENDING_RECORD
+
+    context = multiprocessing.get_context("spawn")
+    ranks, rounds = 4, 40
+    barrier = context.Barrier(ranks, timeout=60)  # a rank that died breaks it: the others end too
+    procs = [context.Process(target=_settle_rounds, args=(str(tmp_path), rounds, barrier)) for _ in range(ranks)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+    assert [p.exitcode for p in procs] == [0] * ranks
+    assert sorted(f.name for f in (tmp_path / HYDRA_RECORD).iterdir()) == [
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    ]
+    assert not (tmp_path / PENDING_RECORD).exists()
