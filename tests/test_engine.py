@@ -4,7 +4,9 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import GPU
+from torch.func import functional_call
 
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import TaskBatch, minibatch_schedule
@@ -57,7 +59,7 @@ def _run_both(model, inner, loss, reduction, task_list, dtype, eps=0.5, skip=(),
     return max((a - b).abs().max().item() for (name, a), b in pairs if name not in skip)
 
 
-@pytest.mark.parametrize("inner", [SGD(0.02), Adam(0.001)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("inner", [SGD(0.02), Adam(0.001), Adam(0.001, reset=True)], ids=["sgd", "adam", "adam-reset"])
 def test_engine_matches_reference_float64_sine(inner):
     torch.manual_seed(0)
     assert _run_both(MLP(), inner, "mse", "mean", _sine_tasks(), torch.float64) < 1e-10
@@ -228,3 +230,66 @@ def test_inner_adam_defaults_and_two_steps_by_hand():
             else:
                 params, state = adam.step(params, {"w": g.unsqueeze(0)}, state)
         torch.testing.assert_close(params["w"][0], expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.999), (0.9, 0.99)], ids=["paper", "beta1=0.9"])
+def test_inner_adam_takes_torch_adams_steps_for_any_betas(betas):
+    """Adam.step and step_ on task-stacked parameters take torch.optim.Adam's steps, task by task, over several
+    gradients; with beta1 > 0 the bias correction 1 - beta1^t matters too (the paper's beta1 = 0 hides it)."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(4)]  # 2 tasks, 4 steps
+    expected = []
+    for t in range(2):
+        w = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.Adam([w], lr=0.1, betas=betas, eps=1e-8)
+        for grad in grads:
+            w.grad = grad[t].clone()
+            opt.step()
+        expected.append(w.detach())
+    adam = Adam(0.1, betas=betas)
+    for in_place in (False, True):
+        zero = torch.zeros(3, dtype=torch.float64)
+        params, state = {"w": zero.expand(2, 3).clone()}, adam.tile(adam.init({"w": zero}), 2, owned=True)
+        for grad in grads:
+            if in_place:
+                state = adam.step_(params, {"w": grad}, state)
+            else:
+                params, state = adam.step(params, {"w": grad}, state)
+        torch.testing.assert_close(params["w"], torch.stack(expected), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmap"])
+def test_inner_losses_and_gradients_are_the_papers(grouped):
+    """REFERENCE.md sections 2 and 8: the classifier's loss is cross-entropy summed over the minibatch, the sine loss
+    the mean squared error; every task's loss and gradient from Learner.gradients equal those of F.cross_entropy and
+    F.mse_loss on that task's own model."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        (
+            OmniglotConvNet(5).double(),
+            "cross_entropy",
+            "sum",
+            torch.rand(2, 10, 1, 28, 28, generator=g).double(),
+            torch.randint(0, 5, (2, 10), generator=g),
+            lambda out, y: F.cross_entropy(out, y, reduction="sum"),
+        ),
+        (
+            MLP().double(),
+            "mse",
+            "mean",
+            torch.randn(2, 10, 1, generator=g).double(),
+            torch.randn(2, 10, 1, generator=g).double(),
+            F.mse_loss,
+        ),
+    ]
+    for model, loss, reduction, x, y, paper_loss in cases:
+        weights = {n: p.detach() + 0.01 * torch.randn(2, *p.shape, dtype=p.dtype) for n, p in model.named_parameters()}
+        grads, losses = Learner(model, SGD(0.1), loss, reduction, grouped=grouped).gradients(weights, x, y)
+        for t in range(2):
+            leaves = {n: w[t].clone().requires_grad_() for n, w in weights.items()}
+            task_loss = paper_loss(functional_call(model, leaves, (x[t],)), y[t])
+            expected = torch.autograd.grad(task_loss, list(leaves.values()))
+            torch.testing.assert_close(losses[t], task_loss.detach(), rtol=1e-12, atol=1e-12)
+            for n, e in zip(leaves, expected):
+                torch.testing.assert_close(grads[n][t], e, rtol=1e-9, atol=1e-12)

@@ -137,6 +137,18 @@ def test_accuracy_matches_a_task_by_task_evaluation(transductive):
     assert result["accuracy_ci95"] == pytest.approx(ci95(per_task), abs=1e-12)
 
 
+def test_sine_mse_matches_a_task_by_task_evaluation():
+    """The serial reference adapts a copy of phi to each test task's k_shot grid points and scores the whole grid
+    (REFERENCE.md section 8); the per-task MSEs' mean and confidence interval must be the engine's."""
+    learner, phi = _sine_learner(torch.float64)
+    result = evaluate(learner, phi, {}, Sine(), "test", 16, 5, 10, torch.Generator().manual_seed(3), chunk=5)
+    tasks = Sine().sample_eval(16, 5, 10, torch.Generator().manual_seed(3)).to("cpu", torch.float64)
+    per_task = SerialReptile(learner.model, learner, outer_optimizer=None).evaluate(tasks)
+    assert per_task.std() > 0
+    assert result["mse"] == pytest.approx(per_task.mean().item(), rel=1e-10)
+    assert result["mse_ci95"] == pytest.approx(ci95(per_task), rel=1e-9)
+
+
 def test_sine_curve_starts_at_the_initialisation_and_has_k_eval_plus_one_points():
     """The curve's first point is the unadapted phi's MSE on the test tasks' query points (the grid)."""
     learner, phi = _sine_learner()
