@@ -28,7 +28,7 @@ from wandb_records import records
 
 import reptile_exp.train  # noqa: F401  (registers the config schema)
 from hydra_plugins.reptile_optuna_sweeper.sweeper import distribution
-from reptile_exp.pruning import storage
+from reptile_exp.pruning import Trial, prune_now, storage, study_name
 
 # sine, seconds per trial: 20 outer iterations, a periodic evaluation every 5 (10 adaptation steps, so the inner lr
 # shows in the metric), one inner step per task
@@ -337,6 +337,23 @@ def space(override: str):
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
     (parsed,) = OverridesParser.create(config_loader=loader).parse_overrides([override])
     return distribution(parsed)
+
+
+def test_a_trial_reports_at_its_iteration_and_a_pruned_runs_summary_stops_there(tmp_path):
+    """pruning.Trial on a real study in its default journal: the evaluation is reported at its iteration, the median
+    pruner stops a trial worse than the median there (prune_now, one process), and the pruned run's summary.json says
+    it ran to that iteration with that metric as its objective."""
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(study_name=study_name(None, tmp_path), storage=storage(None, tmp_path), pruner=pruner)
+    done = study.ask()
+    done.report(1.0, 5)
+    study.tell(done, 1.0)
+    trial = Trial(study.ask())
+    assert prune_now(trial, 5, "eval/test_mse", 2.0) and not prune_now(None, 5, "eval/test_mse", 2.0)
+    assert study_of(tmp_path).trials[1].intermediate_values == {5: 2.0}
+    summary = trial.summary(5, "cpu", 0.0)
+    assert summary["pruned_at"] == summary["iterations"] == 5
+    assert (summary["objective"], summary["objective_name"]) == (2.0, "eval/test_mse")
 
 
 def test_search_space_grammar_and_range_includes_its_end():
