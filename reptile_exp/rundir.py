@@ -6,7 +6,6 @@ id there (docs/sweeps.md); a finished run or evaluation is not silently redone, 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -156,23 +155,28 @@ def restore(exp, state: dict, path: Path, training: bool) -> None:
         ) from None
 
 
-HYDRA_RECORD, PENDING_RECORD = ".hydra", ".hydra.pending"  # hydra.output_subdir is the latter (conf/hydra)
+HYDRA_RECORD = ".hydra"
+OmegaConf.register_new_resolver("reptile_exp.pid", os.getpid, replace=True)  # conf/hydra's output_subdir
+
+
+def pending_record() -> str:
+    """This process's folder for Hydra's record of its job (hydra.output_subdir, conf/hydra): the ranks of one job
+    (torchrun, a submitit or SLURM job of several tasks) share its dir, and each writes and settles its own."""
+    return f"{HYDRA_RECORD}.pending-{os.getpid()}"
 
 
 def settle_hydra_record(job_dir: Path, accepted: bool) -> None:
-    """Hydra writes a job's record (config.yaml, hydra.yaml, overrides.yaml) into .hydra.pending/ before the job
-    runs; it becomes the dir's .hydra/ where there is none yet or once the run is accepted (its checks passed), and is
-    dropped otherwise: a refused command leaves another run's record as it was (sweeps read a job's overrides there).
+    """Hydra writes a job's record (config.yaml, hydra.yaml, overrides.yaml) into .hydra.pending-<pid>/ before the
+    job runs; it becomes the dir's .hydra/ where there is none yet or once the run is accepted (its checks passed), and
+    is dropped otherwise: a refused command leaves another run's record as it was (sweeps read a job's overrides there).
     """
-    pending, record = job_dir / PENDING_RECORD, job_dir / HYDRA_RECORD
+    pending, record = job_dir / pending_record(), job_dir / HYDRA_RECORD
     if not pending.is_dir():
         return
     if accepted or not record.is_dir():
         record.mkdir(exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):  # the ranks of one job share its dir: another moved it first
-            for f in pending.iterdir():
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(f, record / f.name)
+        for f in pending.iterdir():
+            os.replace(f, record / f.name)  # atomic: ranks settling side by side leave one whole file each
     shutil.rmtree(pending, ignore_errors=True)
 
 

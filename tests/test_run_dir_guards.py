@@ -80,7 +80,7 @@ def test_a_finished_run_asked_for_another_evaluation_is_refused(trained, tmp_pat
     assert (trained / "summary.json").read_bytes() == summary
     # the refused command's overrides do not relabel the run (a sweep summary reads them there)
     assert {f.name: f.read_bytes() for f in (trained / ".hydra").iterdir()} == record
-    assert not (trained / rundir.PENDING_RECORD).exists()
+    assert not list(trained.glob(".hydra.pending*"))
     again = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={trained}")
     assert "this run already finished" in again.stderr
 

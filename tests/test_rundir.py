@@ -48,10 +48,10 @@ def test_a_sweeps_wandb_group_is_logger_group_when_given_else_the_sweep_dirs_nam
 def _settle_rounds(job_dir: str, rounds: int, barrier) -> None:
     from pathlib import Path
 
-    from reptile_exp.rundir import PENDING_RECORD, settle_hydra_record
+    from reptile_exp.rundir import pending_record, settle_hydra_record
 
     for i in range(rounds):
-        pending = Path(job_dir) / PENDING_RECORD
+        pending = Path(job_dir) / pending_record()  # where Hydra writes it (conf/hydra: hydra.output_subdir)
         pending.mkdir(exist_ok=True)
         for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
             (pending / name).write_text(f"{name} {i}\n")
@@ -61,12 +61,12 @@ def _settle_rounds(job_dir: str, rounds: int, barrier) -> None:
 
 
 def test_ranks_of_one_job_settle_its_hydra_record_side_by_side(tmp_path):
-    """torchrun's ranks share a run dir (hydra.run.dir=...) and each settles Hydra's record of it at once: the one
-    that finds a file already moved by another must go on, not die (FileNotFoundError stopped the gpu_check
+    """torchrun's ranks share a run dir (hydra.run.dir=...), and Hydra writes each one's record of it as the others
+    settle theirs: a shared folder was moved or removed under another rank (FileNotFoundError stopped the gpu_check
     rehearsal's two-ranks step)."""
     import multiprocessing
 
-    from reptile_exp.rundir import HYDRA_RECORD, PENDING_RECORD
+    from reptile_exp.rundir import HYDRA_RECORD
 
     context = multiprocessing.get_context("spawn")
     ranks, rounds = 4, 40
@@ -82,4 +82,4 @@ def test_ranks_of_one_job_settle_its_hydra_record_side_by_side(tmp_path):
         "hydra.yaml",
         "overrides.yaml",
     ]
-    assert not (tmp_path / PENDING_RECORD).exists()
+    assert not list(tmp_path.glob(".hydra.pending*"))
