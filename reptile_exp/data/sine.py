@@ -62,11 +62,11 @@ class Sine:
         support and query it returns (a training task's: fits.sampled_bytes)."""
         n = self.points(query_shots, evaluation)
         keys = n * (self.x_sampling == "uniform") + n * (evaluation or query_shots > 0)
-        if not evaluation:
-            return 4 * 4 * n + KEY_BYTES * keys + schedule_bytes(n - query_shots, steps, batch, replacement)
-        query = n if self.x_sampling == "grid" else n - self.k_shot
-        returned = 2 * 4 * (self.k_shot + query)
-        return 4 * 4 * n + KEY_BYTES * keys + schedule_bytes(self.k_shot, steps, batch) + returned
+        support = self.k_shot if evaluation else n - query_shots
+        query = (n if self.x_sampling == "grid" else n - self.k_shot) if evaluation else 0
+        returned = 2 * 4 * (support + query) if evaluation else 0
+        drawn = 4 * 4 * n + KEY_BYTES * keys + returned
+        return drawn + schedule_bytes(support, steps, batch, replacement and not evaluation)
 
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         low, high = bounds
