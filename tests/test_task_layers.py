@@ -25,12 +25,23 @@ F64 = torch.float64
 @pytest.mark.parametrize("size,stride,channels", [(7, 1, 3), (8, 1, 1), (7, 2, 1), (8, 2, 3)])
 def test_task_conv_gradient_is_the_finite_difference_one(size, stride, channels):
     """Odd and even sizes put TF's extra padding row at the end or split it (stride 2: (1, 1) and (0, 1)); each
-    stride with one and with several input channels; float64 finite differences."""
+    stride with one and with several input channels. float64 finite differences (gradcheck's fast mode: one random
+    projection of the Jacobian), and every entry of the gradients against autograd of each task's Conv2dSame,
+    which a fault in a few entries cannot pass."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, size, size, channels, dtype=F64, requires_grad=True)
     weight = torch.randn(2, 4, channels, 3, 3, dtype=F64, requires_grad=True)
     bias = torch.randn(2, 4, dtype=F64, requires_grad=True)
-    assert gradcheck(lambda *a: task_conv(*a, stride), (x, weight, bias))
+    assert gradcheck(lambda *a: task_conv(*a, stride), (x, weight, bias), fast_mode=True)
+    grad_out = torch.randn_like(task_conv(x, weight, bias, stride))
+    got = torch.autograd.grad(task_conv(x, weight, bias, stride), (x, weight, bias), grad_out)
+    conv = Conv2dSame(channels, 4, 3, stride=stride).double()
+    out = torch.stack(
+        [functional_call(conv, {"weight": weight[t], "bias": bias[t]}, (x[t].permute(0, 3, 1, 2),)) for t in range(2)]
+    )
+    expected = torch.autograd.grad(out, (x, weight, bias), grad_out.permute(0, 1, 4, 2, 3))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -163,13 +174,20 @@ def test_task_conv_bmm_is_in_effect_when_asked():
 @pytest.mark.parametrize("height,width,stride,channels", [(7, 8, 1, 3), (8, 9, 2, 1), (9, 7, 2, 3)])
 def test_grouped_conv_gradient_is_the_finite_difference_one(height, width, stride, channels):
     """The batched-matmul weight gradient (and oneDNN's input gradient) of every task's grouped convolution; height
-    and width differ so swapped axes show; float64 finite differences."""
+    and width differ so swapped axes show. float64 finite differences (gradcheck's fast mode), and every entry
+    against autograd of F.conv2d with groups."""
     torch.manual_seed(0)
     tasks = 3
     x = torch.randn(2, tasks * channels, height, width, dtype=F64).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(tasks * 4, channels, 3, 3, dtype=F64, requires_grad=True)
     bias = torch.randn(tasks * 4, dtype=F64, requires_grad=True)
-    assert gradcheck(lambda *a: GroupedConv.apply(*a, stride, tasks), (x.requires_grad_(), weight, bias))
+    inputs = (x.requires_grad_(), weight, bias)
+    assert gradcheck(lambda *a: GroupedConv.apply(*a, stride, tasks), inputs, fast_mode=True)
+    grad_out = torch.randn_like(F.conv2d(x, weight, bias, stride, groups=tasks))
+    got = torch.autograd.grad(GroupedConv.apply(*inputs, stride, tasks), inputs, grad_out)
+    expected = torch.autograd.grad(F.conv2d(x, weight, bias, stride, groups=tasks), inputs, grad_out)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("tasks", [BMM_WEIGHT_GRAD_TASKS - 1, BMM_WEIGHT_GRAD_TASKS])
