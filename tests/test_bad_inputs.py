@@ -304,7 +304,7 @@ def build_mini(base: Path) -> dict[str, Path]:
 def start_checkpoint_run(base: Path) -> subprocess.Popen:
     """A real checkpoint (MLP 1-8-8-1, two iterations) made by the command line, in the background."""
     cmd = train_cmd(f"hydra.run.dir={base / 'ckpt_run'}", "model.hidden=[8,8]", *FAST, "k_eval=1")
-    env = clean_env(base, OMP_NUM_THREADS="1")
+    env = clean_env(base)
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -369,10 +369,9 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     places = {"tmp": base, **build_omniglot(base), **build_mini(base)}
     assert checkpoint_run.wait(timeout=300) == 0
     places.update(damaged_checkpoints(base))
-    # one intra-op thread: on a busy 2-core machine a second one spin-waits and costs several times the CPU
     # ROOT first: the forked script (tests/forked_train.py) imports this checkout's reptile_exp, not an installed one
     path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    env = clean_env(base, PYTHONPATH=path, REPTILE_EXP_CACHE=str(base / "cache"), OMP_NUM_THREADS="1")
+    env = clean_env(base, PYTHONPATH=path, REPTILE_EXP_CACHE=str(base / "cache"))
 
     cases = [
         [*FAST, "k_eval=1", f"hydra.run.dir={base / 'runs' / name}", *(o.format(**places) for o in overrides)]
@@ -457,7 +456,7 @@ def test_console_script_reports_one_line_outside_the_repo(tmp_path):
 
 
 def test_a_bad_value_costs_only_its_job_of_a_sweep(tmp_path):
-    proc = run_train(tmp_path, "k=0,1", *FAST, "k_eval=1", multirun=True, check=False, OMP_NUM_THREADS="1")
+    proc = run_train(tmp_path, "k=0,1", *FAST, "k_eval=1", multirun=True, check=False)
     sweep = next((tmp_path / "outputs" / "multiruns").iterdir())
     assert "k=0 is invalid: must be an integer >= 1" in (sweep / "0" / "error.txt").read_text()
     assert json.loads((sweep / "1" / "summary.json").read_text())["iterations"] == 2, proc.stderr

@@ -22,12 +22,6 @@ from reptile_exp.rundir import load_for as _load_for
 FAST = ["logger.mode=disabled", "progress=false", "device=cpu", "eval_every=0", "eval_tasks=4", "k_eval=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The runs use one intra-op thread: on a busy 2-core machine a second one spin-waits and costs 6x the CPU."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 class Payload:
     """Unpickling this creates `marker` (the pickle stores a call to open): code that must never run."""
 

@@ -32,7 +32,6 @@ COMMON = [
     "device=cpu",
     "progress=false",
 ]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def _free_port() -> int:
@@ -75,7 +74,7 @@ def test_shard_task_mean_and_agree_across_two_gloo_ranks():
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("one_process")
-    run_train(tmp, f"hydra.run.dir={tmp / 'run'}", *COMMON, "logger.mode=disabled", **ONE_THREAD)
+    run_train(tmp, f"hydra.run.dir={tmp / 'run'}", *COMMON, "logger.mode=disabled")
     return final_phi(tmp / "run")
 
 
@@ -114,7 +113,6 @@ def test_submitit_launcher_with_one_task_per_rank_gives_the_phi_of_one_process(t
         *COMMON,
         "logger.mode=disabled",
         multirun=True,
-        **ONE_THREAD,
     )
     assert "rank 0 of 2 (gloo)" in (sweep / "0" / "train.log").read_text()
     assert_same_phi(one_process, final_phi(sweep / "0"))

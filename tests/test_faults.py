@@ -42,12 +42,6 @@ FAULTED = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """The runs use one intra-op thread: on a busy 2-core machine a second one spin-waits and costs 6x the CPU."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 class RecordReturns(Callback):
     """Hydra callback appending each job's return value (what a sweeper receives) to a JSON-lines file."""
 

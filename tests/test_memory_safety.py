@@ -63,7 +63,7 @@ def _capped() -> None:
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     tmp = tmp_path_factory.mktemp("capped")
-    env = clean_env(tmp, OMP_NUM_THREADS="1")
+    env = clean_env(tmp)
 
     def run(name: str) -> subprocess.CompletedProcess:
         cmd = train_cmd(*CASES[name][0], *FAST, f"hydra.run.dir={tmp / name}")

@@ -17,14 +17,13 @@ from conftest import ROOT, clean_env, final_phi, run_train
 from sweep_jobs import EVERY, SMALL_RUN, N, check_resumed, submitit_task, sweep_process, wait_for
 
 COMMON = SMALL_RUN
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread per process on this shared CPU
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     """phi after N iterations of a run nobody stopped."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    run_train(tmp, f"hydra.run.dir={tmp / 'run'}", *COMMON, "logger.mode=disabled", **ONE_THREAD)
+    run_train(tmp, f"hydra.run.dir={tmp / 'run'}", *COMMON, "logger.mode=disabled")
     return final_phi(tmp / "run")
 
 
@@ -36,7 +35,7 @@ def test_killed_job_resubmitted_like_a_requeue_resumes_from_its_checkpoint(tmp_p
     """
     sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0"
     overrides = ["hydra/launcher=submitit_local", "seed=0", *COMMON, "logger.mode=offline"]
-    with sweep_process(clean_env(tmp_path, **ONE_THREAD), sweep, *overrides) as proc:
+    with sweep_process(clean_env(tmp_path), sweep, *overrides) as proc:
         wait_for(job / "checkpoints" / f"ckpt-{EVERY:08d}.pt", proc)
         task = submitit_task(sweep)
         argv = [a.decode() for a in Path(f"/proc/{task}/cmdline").read_bytes().split(b"\0") if a]

@@ -46,9 +46,6 @@ CASES = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
-
-
 def compose_cfg(*overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         return compose("train", overrides=list(overrides))

@@ -56,9 +56,6 @@ STEERS_THE_LOAD = ("resume", "checkpoint", "evaluate_only")  # they choose what 
 MESSAGE = re.compile(r"was made with another config \(([\w.]+): this run has (.*), the checkpoint has (.*)\); ")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
-
-
 def compose_cfg(*overrides: str):
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         return compose("train", overrides=[*QUIET, *overrides])

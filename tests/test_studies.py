@@ -110,7 +110,6 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
         "hydra/launcher=basic",
         f"hydra.sweep.dir={sweep}",
         multirun=True,
-        OMP_NUM_THREADS="1",
     )
     out = study(capsys, str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png"))
     table = _csv(tmp_path / "k.csv")

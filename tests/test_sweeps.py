@@ -17,7 +17,6 @@ from wandb_records import exit_code, records
 import reptile_exp.train  # noqa: F401  (registers the config schema)
 
 TINY = ["iterations=4", "log_every=2", "checkpoint_every=4", "eval_every=0", "eval_tasks=4", "k_eval=2"]
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread per process on this shared CPU
 SMOKE = [
     "debug=smoke",
     "iterations=2",
@@ -51,7 +50,6 @@ def sweep_2x2(tmp_path, *launcher: str):
         "progress=false",
         *TINY,
         multirun=True,
-        **ONE_THREAD,
     )
     return sweep
 
@@ -129,7 +127,7 @@ def test_summary_script_rewrites_the_summary_of_a_sweep_dir(basic_sweep, tmp_pat
 def smoke_sweep(tmp_path_factory):
     """A finished k=1,2 smoke sweep; a test changes a copy of it (sweep_copy)."""
     sweep = tmp_path_factory.mktemp("smoke") / "sweep"
-    run_train(sweep.parent, *SMOKE, "k=1,2", f"hydra.sweep.dir={sweep}", multirun=True, **ONE_THREAD)
+    run_train(sweep.parent, *SMOKE, "k=1,2", f"hydra.sweep.dir={sweep}", multirun=True)
     return sweep
 
 
@@ -142,7 +140,7 @@ def sweep_into(tmp_path, sweep, *overrides: str, **env: str):
     """A smoke multirun into `sweep` (k=1,2 when no override is given: the smoke sweep's command)."""
     overrides = overrides or ("k=1,2",)
     args = [*SMOKE, *overrides, f"hydra.sweep.dir={sweep}"]
-    return run_train(tmp_path, *args, multirun=True, check=False, **ONE_THREAD, **env)
+    return run_train(tmp_path, *args, multirun=True, check=False, **env)
 
 
 def files(folder):
