@@ -12,11 +12,11 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# One intra-op thread in every test process and the subprocesses it starts: the runs share two cores with the other
-# pytest-xdist worker, where a second thread spin-waits (four files of runs made in the test process took 2.1x the
-# time and 2.5x the CPU with the default two threads). A test that wants more threads asks (threads=2).
-os.environ["OMP_NUM_THREADS"] = "1"
-torch.set_num_threads(1)
+# The intra-op threads of a test process: OMP_NUM_THREADS where set, else the cores shared among pytest-xdist's
+# workers. On a 2-core machine that is one per worker: with PyTorch's default two, the runs made in the workers
+# spin-waited beside each other (four such files took 2.1x the time and 2.5x the CPU). Subprocesses: clean_env.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, len(os.sched_getaffinity(0)) // WORKERS)))
 # The device the `cuda`-marked tests run on: CUDA, or the CPU when scripts/gpu_check.py --device cpu rehearses the
 # GPU day (what only CUDA has, e.g. CUDA graphs, skips there with its reason).
 GPU = os.environ.get("REPTILE_EXP_GPU_TESTS_DEVICE", "cuda")
@@ -40,6 +40,9 @@ def clean_env(tmp_path: Path, **extra: str) -> dict:
     """An environment without W&B credentials and with HOME in tmp_path (no netrc, no prompts)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(
+        # one torch thread per subprocess: tests may run several at once on small machines, where
+        # oversubscribed threads cost far more than they give for these tiny models
+        OMP_NUM_THREADS="1",
         HOME=str(tmp_path / "home"),
         WANDB_DIR=str(tmp_path),
         PYTHONUNBUFFERED="1",
