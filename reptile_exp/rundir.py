@@ -156,13 +156,15 @@ def restore(exp, state: dict, path: Path, training: bool) -> None:
 
 
 HYDRA_RECORD = ".hydra"
-OmegaConf.register_new_resolver("reptile_exp.pid", os.getpid, replace=True)  # conf/hydra's output_subdir
 
 
 def pending_record() -> str:
     """This process's folder for Hydra's record of its job (hydra.output_subdir, conf/hydra): the ranks of one job
     (torchrun, a submitit or SLURM job of several tasks) share its dir, and each writes and settles its own."""
     return f"{HYDRA_RECORD}.pending-{os.getpid()}"
+
+
+OmegaConf.register_new_resolver("reptile_exp.pending_record", pending_record, replace=True)  # conf/hydra
 
 
 def settle_hydra_record(job_dir: Path, accepted: bool) -> None:
