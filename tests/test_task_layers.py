@@ -33,8 +33,9 @@ def test_task_conv_gradient_is_the_finite_difference_one(size, stride, channels)
     weight = torch.randn(2, 4, channels, 3, 3, dtype=F64, requires_grad=True)
     bias = torch.randn(2, 4, dtype=F64, requires_grad=True)
     assert gradcheck(lambda *a: task_conv(*a, stride), (x, weight, bias), fast_mode=True)
-    grad_out = torch.randn_like(task_conv(x, weight, bias, stride))
-    got = torch.autograd.grad(task_conv(x, weight, bias, stride), (x, weight, bias), grad_out)
+    out = task_conv(x, weight, bias, stride)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, weight, bias), grad_out)
     conv = Conv2dSame(channels, 4, 3, stride=stride).double()
     out = torch.stack(
         [functional_call(conv, {"weight": weight[t], "bias": bias[t]}, (x[t].permute(0, 3, 1, 2),)) for t in range(2)]
@@ -183,9 +184,10 @@ def test_grouped_conv_gradient_is_the_finite_difference_one(height, width, strid
     bias = torch.randn(tasks * 4, dtype=F64, requires_grad=True)
     inputs = (x.requires_grad_(), weight, bias)
     assert gradcheck(lambda *a: GroupedConv.apply(*a, stride, tasks), inputs, fast_mode=True)
-    grad_out = torch.randn_like(F.conv2d(x, weight, bias, stride, groups=tasks))
+    out = F.conv2d(x, weight, bias, stride, groups=tasks)
+    grad_out = torch.randn_like(out)
     got = torch.autograd.grad(GroupedConv.apply(*inputs, stride, tasks), inputs, grad_out)
-    expected = torch.autograd.grad(F.conv2d(x, weight, bias, stride, groups=tasks), inputs, grad_out)
+    expected = torch.autograd.grad(out, inputs, grad_out)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
