@@ -76,14 +76,22 @@ def task_bytes(learner: Learner, phi: Params, example_shape: tuple, examples: in
 
 
 def task_chunks(
-    dataset, split: str, num_tasks: int, steps: int, batch: int, generator: torch.Generator, chunk: int
+    dataset,
+    split: str,
+    num_tasks: int,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+    chunk: int,
+    replacement: bool = False,
 ) -> Iterator[TaskBatch]:
     """num_tasks test tasks in chunks of `chunk`, drawn DRAW_BLOCK at a time, so that every chunk size (memory
     budget, device, transductive or not) evaluates the same tasks."""
     drawn, pending = 0, []
     while drawn < num_tasks or pending:
         while sum(p.num_tasks for p in pending) < chunk and drawn < num_tasks:
-            pending.append(dataset.sample_eval(min(DRAW_BLOCK, num_tasks - drawn), steps, batch, generator, split))
+            block = min(DRAW_BLOCK, num_tasks - drawn)
+            pending.append(dataset.sample_eval(block, steps, batch, generator, split, replacement))
             drawn += pending[-1].num_tasks
         tasks = TaskBatch.cat(pending)
         rest = tasks[chunk:]
@@ -105,11 +113,25 @@ def evaluate(
     transductive: bool = False,
     curve: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    replacement: bool = False,
 ) -> dict:
     """Mean metric over num_tasks test tasks of `split`, with its 95% CI (`evaluate_modes` with one mode)."""
     modes = (transductive,)
     return evaluate_modes(
-        learner, phi, state, dataset, split, num_tasks, steps, batch, generator, chunk, modes, curve, on_chunk
+        learner,
+        phi,
+        state,
+        dataset,
+        split,
+        num_tasks,
+        steps,
+        batch,
+        generator,
+        chunk,
+        modes,
+        curve,
+        on_chunk,
+        replacement,
     )[0]
 
 
@@ -128,17 +150,19 @@ def evaluate_modes(
     modes: tuple[bool, ...] = (False,),
     curve: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    replacement: bool = False,
 ) -> list[dict]:
     """One result per mode of `modes` (transductive or not), each the mean metric over num_tasks test tasks of
     `split` with its 95% CI; the modes share the tasks and their adaptation (only the query pass differs).
 
-    on_chunk(tasks) is called after each chunk (a progress bar; it may raise to stop). A result is {"accuracy",
+    Inner minibatches are drawn with `replacement` or not, as in training. on_chunk(tasks) is called after each chunk
+    (a progress bar; it may raise to stop). A result is {"accuracy",
     "accuracy_ci95"} for classification, {"mse", "mse_ci95"} for regression, with `curve` also "mse_curve" (the mean MSE
     after 0..steps inner steps; regression has no transductive mode, so every mode gets the same result).
     """
     per_task, curves = [[] for _ in modes], []
     phi = {n: p.detach() for n, p in phi.items()}
-    for tasks in task_chunks(dataset, split, num_tasks, steps, batch, generator, chunk):
+    for tasks in task_chunks(dataset, split, num_tasks, steps, batch, generator, chunk, replacement):
         tasks = tasks.to(tasks.x.device, next(iter(phi.values())).dtype)
         if dataset.kind == "regression":
             steps_mse = []

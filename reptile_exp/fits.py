@@ -36,7 +36,7 @@ def check(exp: Experiment, training: bool) -> None:
         block = min(DRAW_BLOCK, tasks)  # drawn ahead of a chunk (evaluate.task_chunks)
         with shots(exp.dataset, k_shot):
             per_task, chunk = eval_task_bytes(exp, batch, steps), eval_chunk(exp, tasks, batch, steps)
-            ahead = block * exp.dataset.draw_bytes(steps, batch, evaluation=True)
+            ahead = block * exp.dataset.draw_bytes(steps, batch, replacement=cfg.replacement, evaluation=True)
         what = f"{where}k_eval={steps}, eval_batch={batch}: one test task"
         require(per_task, what, "lower k_eval, eval_batch or the dataset's sizes", exp.device, have)
         require(ahead, f"{where}{block} test tasks drawn at once", "lower the dataset's sizes", exp.device, have)

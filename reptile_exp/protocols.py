@@ -86,6 +86,7 @@ def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
         grid = cfg.dataset.get("n_points") if cfg.dataset.get("x_sampling") == "grid" else None
         if grid is not None and values["k_shot"] > grid:
             raise ConfigError(f"{key}.k_shot={values['k_shot']} is invalid: must be <= dataset.n_points={grid}")
+        _check_replacement(cfg, key if "eval_batch" in entry else None, values["k_shot"], values["eval_batch"])
         if dataset is not None:
             _check_examples(key, values["k_shot"], dataset, cfg.eval_splits)
         protocols.append(Protocol(name=name, **values))
@@ -95,6 +96,18 @@ def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
 def _check(key: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{key}={value!r} is invalid: must be an integer >= {low}")
+
+
+def _check_replacement(cfg: DictConfig, key: str | None, k_shot: int, eval_batch: int) -> None:
+    """With replacement=true a test task's minibatches are drawn from its support set as in training (REFERENCE.md
+    section 2), so eval_batch must fit in it (tasks.minibatch_schedule)."""
+    support = k_shot * (cfg.dataset.n_way if "root" in cfg.dataset else 1)
+    if cfg.replacement is True and eval_batch > support:
+        where = f"{key}.eval_batch" if key else "eval_batch"
+        raise ConfigError(
+            f"{where}={eval_batch} is invalid with replacement=true: a test task has {support} support examples; "
+            f"choose {where} <= {support} or replacement=false"
+        )
 
 
 def _check_examples(key: str, k_shot: int, dataset, splits) -> None:

@@ -52,7 +52,7 @@ def eval_task_bytes(exp: Experiment, eval_batch: int | None = None, k_eval: int 
     batch = eval_batch or exp.cfg.eval_batch
     steps = exp.cfg.k_eval if k_eval is None else k_eval
     adaptation = task_bytes(exp.learner, exp.phi, exp.dataset.input_shape, eval_examples(exp, batch))
-    return adaptation + exp.dataset.draw_bytes(steps, batch, evaluation=True)
+    return adaptation + exp.dataset.draw_bytes(steps, batch, replacement=exp.cfg.replacement, evaluation=True)
 
 
 def eval_chunk(exp: Experiment, num_tasks: int, eval_batch: int | None = None, k_eval: int | None = None) -> int:
@@ -133,6 +133,7 @@ def evaluate_protocols(
             modes=tuple(p.transductive for p in group),
             curve=curve,
             on_chunk=on_chunk,
+            replacement=cfg.replacement,
         )
 
 

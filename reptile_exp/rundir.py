@@ -25,8 +25,11 @@ from .experiment import ADDED, DATASET_LOCATION, fingerprint
 from .run_results import DamagedFile, objective_of, read_json, read_yaml
 
 # The knobs a final evaluation's results depend on besides the trained phi (a finished run re-run with others is
-# refused, not answered with the old results)
-FINAL_EVALUATION = ("eval_tasks", "k_eval", "eval_batch", "eval_splits", "transductive", "protocols", "objective_split")
+# refused, not answered with the old results); `replacement` also draws the test tasks' minibatches
+FINAL_EVALUATION = (
+    *("eval_tasks", "k_eval", "eval_batch", "eval_splits", "transductive", "protocols", "objective_split"),
+    "replacement",
+)
 
 log = logging.getLogger("reptile_exp")
 

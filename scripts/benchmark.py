@@ -110,7 +110,7 @@ class Serial:
     def evaluate(self, num_tasks: int, seed: int) -> None:
         cfg, exp = self.exp.cfg, self.exp
         generator = torch.Generator().manual_seed(seed)  # the engine's tasks: evaluate_split draws on the CPU too
-        tasks = exp.dataset.sample_eval(num_tasks, cfg.k_eval, cfg.eval_batch, generator, split="test")
+        tasks = exp.dataset.sample_eval(num_tasks, cfg.k_eval, cfg.eval_batch, generator, "test", cfg.replacement)
         self.reference.evaluate(tasks.to(exp.device, exp.dtype), cfg.transductive)
 
 

@@ -8,10 +8,12 @@ from conftest import ROOT
 from hydra import compose, initialize_config_dir
 from test_fewshot_sampler import identity_splits
 
+from reptile_exp import protocols, report
 from reptile_exp.data.fewshot import FewShotClassification
 from reptile_exp.data.sine import Sine
 from reptile_exp.data.tasks import minibatch_schedule
 from reptile_exp.errors import ConfigError
+from reptile_exp.evaluate import evaluate
 from reptile_exp.experiment import build
 from reptile_exp.train import outer_step
 
@@ -121,3 +123,47 @@ def test_the_test_tasks_schedule_the_inner_loop_over_every_support_example(batch
         assert tasks.x.shape[1] == n
         counts = torch.nn.functional.one_hot(tasks.batches.flatten(1), n).sum(1)
         assert (counts == steps * batch // n).all(), counts
+
+
+def test_the_test_tasks_draw_their_minibatches_with_replacement_when_asked():
+    """replacement=true holds at test time too (the official code passes it to its evaluation): sample_eval's
+    minibatches then hold distinct support examples drawn afresh, so consecutive ones overlap; without, a pass of
+    the support set never repeats an example."""
+    fewshot = FewShotClassification(identity_splits(), n_way=5, k_shot=2, train_shots=3)
+    for dataset in (fewshot, Sine(k_shot=10)):
+        drawn = dataset.sample_eval(200, 6, 4, gen(4), replacement=True).batches
+        ordered = drawn.sort(-1).values
+        assert (ordered[..., 1:] != ordered[..., :-1]).all(), "no example twice in one minibatch"
+        first_two = (drawn[:, 0].unsqueeze(-1) == drawn[:, 1].unsqueeze(-2)).flatten(1).any(1).double().mean()
+        assert first_two > 0.8  # 1 - C(6,4)/C(10,4) = 0.93 for independent draws
+        cycled = dataset.sample_eval(200, 6, 4, gen(4)).batches
+        assert not (cycled[:, 0].unsqueeze(-1) == cycled[:, 1].unsqueeze(-2)).any()
+
+
+def test_an_eval_batch_larger_than_the_support_set_with_replacement_is_refused_in_one_line():
+    """With replacement a test minibatch cannot be larger than the support set: refused by protocols.parse before
+    any work (the top-level knob or the protocol's own), and by the schedule itself."""
+    with pytest.raises(ConfigError, match=r"^eval_batch=11 is invalid with replacement=true: .* 10 support"):
+        protocols.parse(_config("eval_batch=11", "replacement=true"))
+    entry = "protocols=[{name:a},{name:b,eval_batch:6}]"  # 5-way 1-shot: eval_batch 5 fits, 6 does not
+    with pytest.raises(ConfigError, match=r"^protocols\[1\]\.eval_batch=6 is invalid with replacement=true"):
+        protocols.parse(_config("experiment=omniglot_5w1s", entry, "replacement=true"))
+    assert len(protocols.parse(_config("eval_batch=11"))) == 1  # without replacement it cycles
+    with pytest.raises(ConfigError, match="eval_batch=6 is invalid with replacement=true"):
+        minibatch_schedule(3, 5, 2, 6, gen(), replacement=True, evaluation=True)
+
+
+def test_the_final_evaluation_draws_its_minibatches_with_the_runs_replacement():
+    """report.evaluate_split (periodic and final evaluations) passes the run's replacement on: its result equals
+    evaluate() with replacement=True on the same tasks, and differs from the cycling schedule's."""
+    exp = _experiment("eval_batch=5", "k_eval=3", "replacement=true")
+    ours = report.evaluate_split(exp, "test", 8, seed=3)
+    args = (exp.learner, exp.phi, exp.inner_state, exp.dataset, "test", 8, 3, 5)
+    with_replacement = evaluate(*args, torch.Generator().manual_seed(3), 8, replacement=True)
+    cycling = evaluate(*args, torch.Generator().manual_seed(3), 8)
+    assert ours["mse"] == with_replacement["mse"] != cycling["mse"]
+
+
+def _config(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
+        return compose("train", overrides=list(overrides))

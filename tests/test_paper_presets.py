@@ -273,3 +273,15 @@ def test_the_paper_table_script_uses_the_same_settings():
         for r in RUNS.values()
     ]
     assert [astuple(c)[1:] for c in paper.COLUMNS] == rows
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_a_preset_whose_inner_adam_state_is_merged_says_it_differs_from_the_official_code(name):
+    """REFERENCE.md's preamble: a deliberate difference is said in docs/ and in the preset's comment. With a meta-batch
+    of several tasks and a carried inner Adam state, the tasks start from one state and leave their mean
+    (docs/design.md, Differences), where the official code hands the state from task to task."""
+    cfg = compose_preset(name)
+    merged = cfg.meta_batch > 1 and cfg.inner_optimizer._target_.endswith(".Adam") and not cfg.inner_optimizer.reset
+    lines = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
+    comment = " ".join(line for line in lines if line.startswith("#"))
+    assert merged == ("docs/design.md, Differences" in comment and "hands the state" in comment)

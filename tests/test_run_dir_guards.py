@@ -132,6 +132,7 @@ CHANGED = {  # one other value for each knob a final evaluation depends on
     "transductive": "transductive=true",
     "protocols": "protocols=[{name:a}]",
     "objective_split": "objective_split=train",
+    "replacement": "replacement=true",
 }
 
 

@@ -106,16 +106,25 @@ class FewShotClassification:
         return TaskBatch(*self._flatten(support), batches, x_query, y_query)
 
     def sample_eval(
-        self, num_tasks: int, steps: int, batch: int, generator: torch.Generator, split: str = "test"
+        self,
+        num_tasks: int,
+        steps: int,
+        batch: int,
+        generator: torch.Generator,
+        split: str = "test",
+        replacement: bool = False,
     ) -> TaskBatch:
-        """Evaluation tasks from `split`: k_shot support examples and exactly one query per class."""
+        """Evaluation tasks from `split`: k_shot support examples and exactly one query per class; the inner
+        minibatches drawn as in training (`replacement`, as the official code's evaluation)."""
         if split not in self.splits:
             raise ConfigError(f"split={split!r} does not exist; choose one of {sorted(self.splits)}")
         self._check(split, self.k_shot + 1, "dataset.k_shot", f"dataset.k_shot={self.k_shot} (+1 query)")
         x = self._draw(split, num_tasks, self.k_shot + 1, generator)
         x_support, y_support = self._flatten(x[:, :, : self.k_shot])
         x_query, y_query = self._flatten(x[:, :, self.k_shot :])
-        batches = minibatch_schedule(num_tasks, self.n_way * self.k_shot, steps, batch, generator, evaluation=True)
+        batches = minibatch_schedule(
+            num_tasks, self.n_way * self.k_shot, steps, batch, generator, replacement, evaluation=True
+        )
         batches = batches.to(x.device, non_blocking=True)
         return TaskBatch(x_support, y_support, batches, x_query, y_query)
 
@@ -131,7 +140,7 @@ class FewShotClassification:
         shots = self.k_shot + 1 if evaluation else self.train_shots + query_shots
         support = self.n_way * (self.k_shot if evaluation else self.train_shots)
         drawn = KEY_BYTES * keys + 5 * self.n_way * shots * math.prod(self.input_shape)
-        drawn += schedule_bytes(support, steps, batch, replacement and not evaluation)
+        drawn += schedule_bytes(support, steps, batch, replacement)
         return drawn + (self.n_way * shots * (4 * math.prod(self.input_shape) + 8) if evaluation else 0)
 
     def _check(self, split: str, shots: int, key: str, asked: str) -> None:

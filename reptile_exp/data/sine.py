@@ -66,7 +66,7 @@ class Sine:
         query = (n if self.x_sampling == "grid" else n - self.k_shot) if evaluation else 0
         returned = 2 * 4 * (support + query) if evaluation else 0
         drawn = 4 * 4 * n + KEY_BYTES * keys + returned
-        return drawn + schedule_bytes(support, steps, batch, replacement and not evaluation)
+        return drawn + schedule_bytes(support, steps, batch, replacement)
 
     def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         low, high = bounds
@@ -111,9 +111,16 @@ class Sine:
         return TaskBatch(x.contiguous(), y.contiguous(), batches, x_query, y_query)
 
     def sample_eval(
-        self, num_tasks: int, steps: int, batch: int, generator: torch.Generator, split: str = "test"
+        self,
+        num_tasks: int,
+        steps: int,
+        batch: int,
+        generator: torch.Generator,
+        split: str = "test",
+        replacement: bool = False,
     ) -> TaskBatch:
-        """Test tasks: adapt on k_shot points, score on the whole grid (or k_shot fresh points)."""
+        """Test tasks: adapt on k_shot points (minibatches with `replacement` or not, as in training), score on the
+        whole grid (or k_shot fresh points)."""
         a, b, x = self._curves(num_tasks, self.points(evaluation=True), generator)
         y = a * torch.sin(x + b)
         rows = torch.arange(num_tasks, device=self.device).unsqueeze(1)
@@ -123,7 +130,7 @@ class Sine:
         else:
             x_query, y_query = x[:, self.k_shot :], y[:, self.k_shot :]
             support = torch.arange(self.k_shot, device=self.device).expand(num_tasks, -1)
-        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator, evaluation=True)
+        batches = minibatch_schedule(num_tasks, self.k_shot, steps, batch, generator, replacement, evaluation=True)
         batches = batches.to(self.device, non_blocking=True)
         return TaskBatch(
             x[rows, support].contiguous(),

@@ -82,11 +82,17 @@ def minibatch_schedule(
     reshuffling each pass; a minibatch may straddle two passes. With replacement: each minibatch
     is `batch` distinct examples drawn afresh. A training minibatch larger than the task (inner_batch > n)
     is refused: it would hold repeats; at evaluation an eval_batch above the K-shot support set cycles
-    through it as the official code does (dataset=omniglot's defaults: eval_batch 10, 5 examples).
+    through it as the official code does (dataset=omniglot's defaults: eval_batch 10, 5 examples), and is
+    refused with replacement (the official code's random.sample fails there; protocols.parse says it first).
     """
     if batch > n and not evaluation:
         raise ConfigError(
             f"inner_batch={batch} is invalid: a training task has {n} examples; choose inner_batch <= {n}"
+        )
+    if batch > n and replacement:
+        raise ConfigError(
+            f"eval_batch={batch} is invalid with replacement=true: a test task has {n} support examples; "
+            f"choose eval_batch <= {n} or replacement=false"
         )
     rows = schedule_rows(n, steps, batch, replacement)
     keys = torch.rand(num_tasks, rows, n, generator=generator, device=generator.device)
