@@ -207,7 +207,8 @@ CASES = [
     ("ckpt_future", ["model.hidden=[8,8]", "resume={ckpt_future}"], "is at iteration 1000000, past iterations=2"),
     # refused before the data is read or the run dir written (test_refused_before_the_data_and_the_run_dir)
     ("tf32_before_data", ["dataset=omniglot", "dataset.root={tmp}/nowhere", "precision=tf32"], "precision=tf32 is"),
-    ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),  # 1st step
+    ("inner_batch", ["inner_batch=1000"], "inner_batch=1000 is invalid: a training task has 50 examples"),
+    ("eval_batch_replacement", ["replacement=true", "eval_batch=11"], "eval_batch=11 is invalid with replacement=true"),
     # a damaged file in the run dir
     ("summary_damaged", ["model.hidden=[8,8]", "hydra.run.dir={summary_damaged}"], "summary.json is not valid JSON"),
     ("summary_list", ["model.hidden=[8,8]", "hydra.run.dir={summary_list}"], "summary.json is not a run's results"),
@@ -232,7 +233,7 @@ CASES = [
         "config.yaml cannot be read",
     ),
 ]
-EARLY = ["tf32_before_data"]
+EARLY = ["tf32_before_data", "inner_batch", "eval_batch_replacement"]
 
 
 def bool_cases() -> list[tuple[str, list[str], str]]:

@@ -122,6 +122,8 @@ def test_a_pruned_trial_stops_early_and_a_diverging_one_gets_the_penalty_under_s
     assert best["best_trial"] == 1 and best["best_params"] == {"inner_lr": 0.02}
     assert best["trials"] == {"complete": 2, "pruned": 1}
     assert (sweep_dir / "optimization_history.png").read_bytes()[:4] == b"\x89PNG"
+    recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())  # the sweep's config, as Hydra's sweeper
+    assert recorded["hydra"]["sweeper"]["n_trials"] == 3 and recorded["meta_batch"] == 2
     second_ranks = sorted(sweep_dir.glob(".submitit/*/*_1_log.err"))
     assert len(second_ranks) == 3 and all("Job completed successfully" in p.read_text() for p in second_ranks)
 
@@ -272,13 +274,30 @@ STORAGE = "hydra.sweeper.storage="
         ),
         ([SINE, STORAGE + "/proc/nope/j.log"], "hydra.sweeper.storage=/proc/nope/j.log cannot be opened ("),
         ([SINE, STORAGE + "{notes}"], "hydra.sweeper.storage={notes} is not an Optuna journal file (Expecting value"),
+        (  # a sampler set by _target_ keeps the default TPE's other keys
+            [SINE, "hydra.sweeper.sampler={{_target_: optuna.samplers.RandomSampler, seed: 0}}"],
+            "hydra.sweeper.sampler.n_startup_trials is invalid: optuna.samplers.RandomSampler takes no "
+            "n_startup_trials; drop it with '~hydra.sweeper.sampler.n_startup_trials'",
+        ),
+        (
+            [SINE, "+hydra.sweeper.pruner.patience=2"],
+            "hydra.sweeper.pruner.patience is invalid: optuna.pruners.MedianPruner takes no patience; drop it with",
+        ),
+        (
+            [SINE, "hydra.sweeper.sampler._target_=optuna.samplers.Tpe"],
+            "hydra.sweeper.sampler._target_=optuna.samplers.Tpe cannot be imported: give an Optuna sampler class",
+        ),
     ],
-    ids=["maximize_mse", "minimize_accuracy", "maximise", "range", "interval", "log", "url", "unwritable", "notes"],
+    ids=[
+        *("maximize_mse", "minimize_accuracy", "maximise", "range", "interval", "log", "url", "unwritable", "notes"),
+        *("sampler_argument", "pruner_argument", "sampler_target"),
+    ],
 )
 def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, overrides, line):
     """A direction against the objective (a failed job's penalty would be the best), a misspelt direction, an empty
-    or log-invalid range and a storage that cannot be opened or is not a journal: refused in one line before the
-    study is opened or any job runs; a file given as the storage is left as it was."""
+    or log-invalid range, a storage that cannot be opened or is not a journal, and a sampler or pruner its _target_
+    cannot build: refused in one line before the study is opened or any job runs; a file given as the storage is left
+    as it was."""
     notes = tmp_path / "notes.log"
     notes.write_text("my notes\n")
     overrides = [o.format(notes=notes) for o in overrides]

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -36,11 +37,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from reptile_exp.atomic import atomic_write_text
 from reptile_exp.errors import ConfigError, fail, first_line
 from reptile_exp.run_results import read_json
 
@@ -140,6 +143,28 @@ def numeric_fields(summary: dict, prefix: str = "") -> list[str]:
     return names
 
 
+def built(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """hydra.sweeper.<key> (an Optuna sampler or pruner by _target_) instantiated; a bad target or argument is one
+    line naming the key and the fix (a sampler set by _target_ keeps the default TPE's other keys, which it may not
+    take)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        extra = re.search(r"unexpected keyword argument '(\w+)'", str(e.__cause__ or e))
+        if extra:
+            name = extra.group(1)
+            raise ConfigError(
+                f"hydra.sweeper.{key}.{name} is invalid: {node.get('_target_')} takes no {name}; drop it with "
+                f"'~hydra.sweeper.{key}.{name}'"
+            ) from e
+        if isinstance(e.__cause__, ImportError):
+            raise ConfigError(
+                f"hydra.sweeper.{key}._target_={node.get('_target_')} cannot be imported: give an Optuna {key} class "
+                f"(optuna.{key}s.<name>)"
+            ) from e
+        raise ConfigError(f"hydra.sweeper.{key} is invalid ({first_line(e.__cause__ or e)}): fix its arguments") from e
+
+
 class ReptileOptunaSweeper(Sweeper):
     """Hydra sweeper on Optuna's ask/tell API (config.py: ReptileOptunaSweeperConf)."""
 
@@ -220,6 +245,9 @@ class ReptileOptunaSweeper(Sweeper):
         from reptile_exp import pruning
 
         self.where = self.storage or str(sweep_dir / pruning.JOURNAL)
+        seed = OmegaConf.select(self.sampler, "seed", default=None)
+        built(self.sampler, "sampler")  # a bad sampler is refused before the study is made
+        pruner = built(self.pruner, "pruner")
         try:
             self.store = pruning.storage(self.storage, sweep_dir)
             if isinstance(self.store, optuna.storages.JournalStorage) and Path(self.where).stat().st_size:
@@ -228,7 +256,7 @@ class ReptileOptunaSweeper(Sweeper):
             study = optuna.create_study(
                 study_name=pruning.study_name(self.study_name, sweep_dir),
                 storage=self.store,
-                pruner=instantiate(self.pruner),
+                pruner=pruner,
                 directions=self.directions,
                 load_if_exists=True,
             )
@@ -255,9 +283,8 @@ class ReptileOptunaSweeper(Sweeper):
             log.warning("study %s predates its settings record: continued without comparing them", study.study_name)
         else:
             study.set_user_attr(SETTINGS, problem)
-        seed = OmegaConf.select(self.sampler, "seed", default=None)
         done = len(study.get_trials(deepcopy=False))
-        study.sampler = instantiate(self.sampler, **({} if seed is None else {"seed": seed + done}))
+        study.sampler = built(self.sampler, "sampler", **({} if seed is None else {"seed": seed + done}))
         return study
 
     def sweep(self, arguments: list[str]) -> None:
@@ -271,6 +298,7 @@ class ReptileOptunaSweeper(Sweeper):
         self.check_senses(space)
         objectives = [f"hydra.sweeper.objectives=[{','.join(self.objectives)}]", repr(self.objectives)]
         study = self.study(sweep_dir, {**settings(given, space), "hydra.sweeper.objectives": objectives})
+        atomic_write_text(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config))  # as Hydra's basic sweeper
         report = len(self.directions) == 1  # Optuna prunes single-objective studies only (checked in __init__)
         log.info(
             "Optuna study %s (%d trials so far) in %s: %s, %s from iteration %s, %s",
