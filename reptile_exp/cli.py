@@ -64,9 +64,9 @@ def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
     once the run has checkpointed."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    if not (out_dir / HYDRA_RECORD).is_dir():  # a new dir: Hydra's record of this job at once
-        settle_hydra_record(out_dir, accepted=True)
     try:
+        if not (out_dir / HYDRA_RECORD).is_dir():  # a new dir: Hydra's record of this job at once
+            settle_hydra_record(out_dir, accepted=True)
         objective = run(cfg, out_dir)
     except Interrupted as e:
         log.warning("%s", e)

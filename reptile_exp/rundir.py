@@ -6,6 +6,7 @@ id there (docs/sweeps.md); a finished run or evaluation is not silently redone, 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -14,6 +15,7 @@ import socket
 import uuid
 from pathlib import Path
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -58,7 +60,13 @@ def claim(out_dir: Path) -> None:
     if _claimed is not None:
         os.close(_claimed)
         _claimed = None
-    fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(out_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder, or a link to nowhere
+        raise ConfigError(
+            f"{out_dir / '.lock'} cannot be opened ({e.strerror}): the run locks its dir with that file; remove it, "
+            "or use a new run dir (hydra.run.dir=...)"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -178,17 +186,47 @@ def settle_hydra_record(job_dir: Path, accepted: bool) -> None:
     pending, record = job_dir / pending_record(), job_dir / HYDRA_RECORD
     if not pending.is_dir():
         return
-    if accepted or not record.is_dir():
-        record.mkdir(exist_ok=True)
-        for f in pending.iterdir():
-            os.replace(f, record / f.name)  # atomic: ranks settling side by side leave one whole file each
-    shutil.rmtree(pending, ignore_errors=True)
+    try:
+        if accepted or not record.is_dir():
+            _not_in_the_way(record, folder=True)
+            record.mkdir(exist_ok=True)
+            for f in pending.iterdir():
+                os.replace(f, record / f.name)  # atomic: ranks settling side by side leave one whole file each
+    finally:
+        shutil.rmtree(pending, ignore_errors=True)
+
+
+# What a run writes into its dir (README "What a run writes"): a file or folder of the other kind in one of these
+# places would stop the run only when it writes there, perhaps after its training (train.log: Hydra opens it first)
+RUN_FOLDERS = ("checkpoints", "plots", "wandb")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "evaluation.json", "wandb_run_id", "error.txt")
+
+
+def refuse_blocked(out_dir: Path) -> None:
+    """A file where the run keeps a folder, or a folder where it writes a file: refused now, in cli.user_error's
+    one line ("... is in the way"), not after the training it would lose."""
+    for name in RUN_FOLDERS:
+        _not_in_the_way(out_dir / name, folder=True)
+    for name in RUN_FILES:
+        _not_in_the_way(out_dir / name, folder=False)
+
+
+def _not_in_the_way(path: Path, folder: bool) -> None:
+    if folder and (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
+    if not folder and path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
 
 
 def refuse_other_kind(cfg: DictConfig, out_dir: Path) -> None:
     """A training and an evaluate-only run never share a dir: the one would overwrite the other's config.yaml,
-    metrics, plots and W&B run."""
+    metrics, plots and W&B run; nor does a run take a dir whose config.yaml is no run's (a file of someone else's)."""
     written = out_dir / "config.yaml"  # from a run's start, training or evaluation
+    if _foreign_config(written):
+        raise ConfigError(
+            f"hydra.run.dir={out_dir} holds a config.yaml that is not a run's, which this run would overwrite; set "
+            "hydra.run.dir to a new folder"
+        )
     if cfg.evaluate_only:
         trained = (out_dir / "summary.json").exists() or ckpt.Checkpointer(out_dir / "checkpoints").paths()
         if trained or (written.exists() and not read_yaml(written).get("evaluate_only", False)):
@@ -201,6 +239,15 @@ def refuse_other_kind(cfg: DictConfig, out_dir: Path) -> None:
             f"hydra.run.dir={out_dir} holds an evaluate-only run, which training would overwrite; set hydra.run.dir "
             "to a new folder"
         )
+
+
+def _foreign_config(config: Path) -> bool:
+    """Whether config.yaml reads as YAML but not as a run's config (a damaged one, which the run rewrites, is not)."""
+    try:
+        loaded = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return loaded is not None and not (isinstance(loaded, dict) and {"dataset", "model", "iterations"} <= loaded.keys())
 
 
 def _says_evaluate_only(config: Path) -> bool:

@@ -144,6 +144,7 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         rundir.claim(out_dir)
+    rundir.refuse_blocked(out_dir)
     rundir.refuse_other_kind(cfg, out_dir)
     evaluated = rundir.finished_evaluation(cfg, out_dir)
     if evaluated is not None:

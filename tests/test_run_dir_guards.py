@@ -169,3 +169,51 @@ def test_a_run_dir_claimed_by_a_running_process_is_refused(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+BLOCKERS = {  # a place of the run dir -> what is in its way
+    **{name: "file" for name in rundir.RUN_FOLDERS},
+    **{name: "folder" for name in rundir.RUN_FILES},
+    ".hydra": "file",
+    ".lock": "link to nowhere",
+}
+
+
+@pytest.mark.parametrize("name", BLOCKERS)
+def test_a_file_or_folder_in_the_way_is_refused_before_any_work(tmp_path, name):
+    """A file where the run keeps a folder (plots/ was found only after the training, whose results were lost), a
+    folder where it writes a file, a .lock that cannot be opened: one line naming it before the run trains or writes
+    anything of its own, the blocker left as it was and no pending Hydra record behind."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    blocker = run_dir / name
+    if BLOCKERS[name] == "file":
+        blocker.write_text("mine\n")
+    elif BLOCKERS[name] == "folder":
+        blocker.mkdir()
+        (blocker / "mine.txt").write_text("mine\n")
+    else:
+        blocker.symlink_to(tmp_path / "nowhere" / "lock")
+    proc = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    line = one_error(proc)
+    assert f"{blocker} is in the way" in line or f"{blocker} cannot be opened" in line, line
+    written = {p.name for p in run_dir.iterdir()} - {name, ".hydra", ".lock", "train.log"}
+    assert written == set(), f"written before the refusal: {written}"
+    if BLOCKERS[name] == "file":
+        assert blocker.read_text() == "mine\n"
+    elif BLOCKERS[name] == "folder":
+        assert [p.name for p in blocker.iterdir()] == ["mine.txt"]
+
+
+def test_a_config_yaml_that_is_no_runs_is_not_overwritten(tmp_path):
+    """A folder holding someone's config.yaml (no metrics.jsonl) was taken and the file replaced; a damaged run's
+    config.yaml (unreadable YAML) is still rewritten by the run it belongs to."""
+    run_dir = tmp_path / "theirs"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("mine: 1\n")
+    proc = run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}", check=False)
+    assert "holds a config.yaml that is not a run's, which this run would overwrite" in one_error(proc)
+    assert (run_dir / "config.yaml").read_text() == "mine: 1\n" and not (run_dir / "checkpoints").exists()
+    (run_dir / "config.yaml").write_text("{torn: [\n")
+    run_train(tmp_path, *TINY, "logger.mode=disabled", f"hydra.run.dir={run_dir}")
+    assert (run_dir / "summary.json").exists()
