@@ -64,6 +64,8 @@ def run_job(run: Callable[[DictConfig, Path], float], cfg: DictConfig) -> float:
     once the run has checkpointed."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    if not multirun and HydraConfig.get().sweeper.get("params"):  # hparams_search=... without -m
+        log.warning("this config holds a search (hydra.sweeper.params), which runs only with -m: one run of its values")
     try:
         if not (out_dir / HYDRA_RECORD).is_dir():  # a new dir: Hydra's record of this job at once
             settle_hydra_record(out_dir, accepted=True)

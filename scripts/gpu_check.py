@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from reptile_exp import strict_json
-from reptile_exp.atomic import atomic_write_text, unwritable_file
+from reptile_exp.atomic import atomic_write_text, unwritable, unwritable_file
 from reptile_exp.cli import at_least
 from reptile_exp.hardware import cpu_name
 from reptile_exp.run_results import read_json
@@ -423,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             check.summary["steps"] = dict(strict_json.loads(out.read_text())["steps"])
         except (OSError, ValueError, LookupError, TypeError) as e:
             parser.error(f"--out {out} is no summary to re-run steps into ({type(e).__name__}: {e}); pass a new path")
+    why = unwritable(work)  # last: a refused command leaves no folder behind
+    if why:
+        parser.error(f"--work {work} cannot be created or written ({why}); pass another folder")
     summary = run_check(check, args.only)
     print(f"summary: {out}")
     return 1 if any(step["status"] == "failed" for step in summary["steps"].values()) else 0

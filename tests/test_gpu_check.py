@@ -155,7 +155,8 @@ def test_unknown_steps_and_plans_are_refused_in_one_line(tmp_path):
 
 
 def test_an_out_that_cannot_be_written_or_exists_is_refused_before_any_step(tmp_path):
-    """--budget-s 1: without the refusal every step would be skipped at once, and the summary written."""
+    """--budget-s 1: without the refusal every step would be skipped at once, and the summary written (a --work that
+    is a file: every step failed on it)."""
     (tmp_path / "file").write_text("")
     earlier = tmp_path / "summary.json"
     earlier.write_text('{"precious": 1}\n')
@@ -164,6 +165,7 @@ def test_an_out_that_cannot_be_written_or_exists_is_refused_before_any_step(tmp_
         ([], f"--out {earlier} exists; pass a new path, or --only STEP... to re-run steps into it"),
         (["--only", "environment"], f"--out {earlier} is no summary to re-run steps into (KeyError: 'steps')"),
         (["--only", "environment", "--out", str(tmp_path)], f"--out {tmp_path}: {tmp_path} is a folder; pass another"),
+        (["--out", str(tmp_path / "new.json"), "--work", str(tmp_path / "file")], f"--work {tmp_path}/file cannot be"),
     ):
         proc = _check(tmp_path, "--budget-s", "1", *args)
         output, _ = proc.communicate(timeout=60)

@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import ROOT, clean_env, train_cmd
+from conftest import ROOT, clean_env, run_train, train_cmd
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
@@ -464,3 +464,12 @@ def test_a_missing_plugin_is_an_error_not_another_sweeper(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "hydra/sweeper=reptile_optuna is invalid: no such option" in last, proc.stderr
     assert not (tmp_path / "sweep").exists()  # no job ran under another sweeper
+
+
+def test_a_search_preset_without_multirun_says_it_runs_once(tmp_path):
+    """hparams_search=sine without -m is one plain run of the preset's values, which says so (it was silent)."""
+    proc = run_train(tmp_path, SINE, *SMOKE, f"hydra.run.dir={tmp_path / 'once'}")
+    assert "holds a search (hydra.sweeper.params), which runs only with -m" in proc.stderr
+    assert (tmp_path / "once" / "summary.json").exists() and not list(tmp_path.rglob("optuna_journal.log"))
+    plain = run_train(tmp_path, *SMOKE, f"hydra.run.dir={tmp_path / 'plain'}")
+    assert "runs only with -m" not in plain.stderr
