@@ -213,7 +213,7 @@ CASES = [
     ("summary_damaged", ["model.hidden=[8,8]", "hydra.run.dir={summary_damaged}"], "summary.json is not valid JSON"),
     ("summary_list", ["model.hidden=[8,8]", "hydra.run.dir={summary_list}"], "summary.json is not a run's results"),
     ("summary_empty", ["model.hidden=[8,8]", "hydra.run.dir={summary_empty}"], "summary.json holds no objective"),
-    ("summary_folder", ["model.hidden=[8,8]", "hydra.run.dir={summary_folder}"], "summary.json is not valid JSON"),
+    ("summary_folder", ["model.hidden=[8,8]", "hydra.run.dir={summary_folder}"], "summary.json is in the way (Is a"),
     ("metrics_foreign", ["hydra.run.dir={metrics_foreign}"], "metrics.jsonl line 1 is not a metrics record"),
     ("metrics_bytes", ["model.hidden=[8,8]", "hydra.run.dir={metrics_bytes}"], "metrics.jsonl cannot be read"),
     (
@@ -224,7 +224,7 @@ CASES = [
     (
         "checkpoints_file",
         ["model.hidden=[8,8]", "overwrite=true", "hydra.run.dir={checkpoints_file}"],
-        "checkpoints is in the way (File exists): the run keeps a folder there",
+        "checkpoints is in the way (Not a directory): the run keeps a folder there",
     ),
     ("train_into_evaluation", ["hydra.run.dir={evaluation_dir}"], "holds an evaluate-only run, which training would"),
     (
@@ -343,7 +343,6 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
             (paths[name] / "summary.json").write_text(text)
     paths["metrics_foreign"] = base / "metrics_foreign"  # a folder of someone else's files
     paths["metrics_foreign"].mkdir()
-    (paths["metrics_foreign"] / "config.yaml").write_text("mine: 1\n")
     (paths["metrics_foreign"] / "metrics.jsonl").write_text('{"mine": 1}\n')
     paths["metrics_bytes"] = shutil.copytree(base / "ckpt_run", base / "metrics_bytes")
     (paths["metrics_bytes"] / "summary.json").unlink()  # unfinished: it would resume and truncate its metrics
@@ -423,7 +422,8 @@ def test_the_damaged_files_are_left_as_they_were(outcomes):
     assert (runs / "config_damaged" / "config.yaml").read_text().endswith(": [")
     assert not (runs / "config_damaged" / "evaluation.json").exists()
     assert (runs / "summary_list" / "summary.json").read_text() == "[1]"
-    assert (runs / "metrics_foreign" / "config.yaml").read_text() == "mine: 1\n"
+    assert (runs / "metrics_foreign" / "metrics.jsonl").read_text() == '{"mine": 1}\n'
+    assert not (runs / "metrics_foreign" / "config.yaml").exists()
     assert (runs / "metrics_bytes" / "metrics.jsonl").read_bytes() == b"\xff\xfe{}\n"
     evaluation = runs / "evaluation_dir"
     assert (evaluation / "evaluation.json").read_text() == '{"objective": 0.5}'
