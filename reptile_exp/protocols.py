@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from .data.fewshot import too_many_ways
 from .errors import ConfigError
 
 NAME = re.compile(r"[A-Za-z0-9_.-]+")  # it names metrics (final/<name>/<split>_accuracy) and table rows
@@ -40,8 +41,9 @@ def default_name(k_shot: int, transductive: bool) -> str:
 def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
     """cfg.protocols as Protocols; ConfigError (one line naming the entry and the fix) for a bad entry.
 
-    With the built `dataset`, every split of eval_splits must exist in it and each k_shot is checked against the
-    examples per class of those splits (train.run does this before training, so the final evaluation cannot fail).
+    With the built `dataset`, every split of eval_splits must exist in it and hold n_way classes and each protocol's
+    k_shot + 1 examples per class, and so must the split periodic evaluations score (monitor_split) with the top-level
+    k_shot (train.run does this before training, so no evaluation fails; a split not evaluated may be smaller).
     """
     splits = getattr(dataset, "splits", None)
     missing = [s for s in cfg.eval_splits if splits is not None and s not in splits]
@@ -60,6 +62,8 @@ def parse(cfg: DictConfig, dataset=None) -> list[Protocol]:
     }
     if cfg.transductive and "root" not in cfg.dataset:
         raise ConfigError("transductive=True is invalid: regression has no transductive evaluation; leave it false")
+    if dataset is not None and cfg.eval_every and not cfg.evaluate_only:
+        _check_examples("dataset", cfg.dataset.k_shot, dataset, [monitor_split(dataset)])
     entries = OmegaConf.to_container(cfg.protocols, resolve=True) or [{"name": "default"}]
     protocols: list[Protocol] = []
     valid = [f.name for f in fields(Protocol)]
@@ -110,10 +114,17 @@ def _check_replacement(cfg: DictConfig, key: str | None, k_shot: int, eval_batch
         )
 
 
+def monitor_split(dataset) -> str:
+    """The split periodic evaluations score: val where the dataset has one, else test."""
+    return "val" if "val" in getattr(dataset, "splits", {}) else "test"
+
+
 def _check_examples(key: str, k_shot: int, dataset, splits) -> None:
-    """k_shot support examples + 1 query per class must exist in every evaluated split."""
+    """n_way classes and k_shot support examples + 1 query per class must exist in every evaluated split."""
     for split in splits:
         s = getattr(dataset, "splits", {}).get(split)
+        if s is not None and dataset.n_way > s.num_classes:
+            raise too_many_ways(dataset.n_way, s.num_classes, split)
         if s is not None and k_shot + 1 > s.examples_per_class:
             raise ConfigError(
                 f"{key}.k_shot={k_shot} is invalid: the {split!r} split has {s.examples_per_class} examples per "

@@ -74,7 +74,7 @@ def meta_train(
     # the window of train/loss continues a resumed run's, so its records equal an uninterrupted run's
     loss_sum = torch.full((), exp.loss_sum, device=exp.device, dtype=torch.float64)
     logged_from, clock, timed_from = exp.logged_from, time.time(), exp.iteration
-    monitor = "val" if "val" in getattr(dataset, "splits", {}) else "test"
+    monitor = protocols.monitor_split(dataset)
     bar = tqdm(
         total=cfg.iterations,
         initial=exp.iteration,

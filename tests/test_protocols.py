@@ -155,6 +155,20 @@ def test_protocols_that_cannot_be_evaluated_give_one_line():
         protocols.parse(cfg, dataset)
 
 
+def test_only_the_evaluated_splits_must_hold_n_way_classes():
+    """Mini-ImageNet's val split has 16 classes, test 20: 18-way tasks are refused where val is evaluated (in
+    eval_splits, or by the periodic evaluations, which score val) and accepted where only test is (it was refused
+    whatever was evaluated)."""
+    base = ["experiment=miniimagenet_5w1s", "synthetic_data=true", "dataset.n_way=18", "model.n_way=18"]
+    cfg = _compose(*base, "eval_splits=[test]", "eval_every=0")
+    dataset = build_dataset(cfg)
+    assert [p.name for p in protocols.parse(cfg, dataset)] == ["default"]
+    for given in (["eval_splits=[val,test]", "eval_every=0"], ["eval_splits=[test]", "eval_every=100"]):
+        with pytest.raises(ConfigError, match=r"^dataset.n_way=18 exceeds the 16 classes of the 'val' split"):
+            protocols.parse(_compose(*base, *given), dataset)
+    assert protocols.parse(_compose(*base, "eval_splits=[test]", "evaluate_only=true"), dataset)  # no periodic ones
+
+
 def test_a_bad_protocol_on_the_command_line_is_one_line_and_exit_1(tmp_path):
     out = run_train(tmp_path, "debug=smoke", "protocols=[{k_eval: -1}]", f"hydra.run.dir={tmp_path / 'r'}", check=False)
     assert out.returncode == 1

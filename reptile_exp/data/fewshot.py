@@ -71,10 +71,8 @@ class FewShotClassification:
         self.n_way, self.k_shot, self.train_shots = n_way, k_shot, train_shots
         self.scale = scale
         self.input_shape = tuple(splits["train"].images.shape[2:])
+        # the evaluated splits are checked against their protocols (protocols.parse), each at its draw
         self._check("train", train_shots, "dataset.train_shots", f"dataset.train_shots={train_shots}")
-        for name in splits:
-            if name != "train":
-                self._check(name, k_shot + 1, "dataset.k_shot", f"dataset.k_shot={k_shot} (+1 query)")
 
     def to(self, device: torch.device | str) -> FewShotClassification:
         """Move every split's uint8 tensor to `device`; sampled tasks live there too."""
