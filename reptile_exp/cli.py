@@ -23,7 +23,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from .atomic import atomic_write_text
-from .config_checks import composition_error
+from .config_checks import check_given_paths, composition_error
 from .errors import ReptileExpError
 from .instantiate import target_error
 from .report import penalty
@@ -129,6 +129,10 @@ def _ours(e: Exception) -> str | None:
     return next((str(err) for err in (e, e.__cause__) if isinstance(err, ReptileExpError)), None)
 
 
+# Hydra's flags that show something instead of running (--cfg job): the paths are not checked for them.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--version", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
+
+
 def command_line(hydra_main: Callable[[], object]) -> None:
     """Hydra's main (a function decorated with hydra.main), with the errors Hydra and OmegaConf raise while
     composing the config (k=abc, kk=3, dataset=nope), and ours outside a job (a sweeper's settings), printed as one
@@ -136,6 +140,8 @@ def command_line(hydra_main: Callable[[], object]) -> None:
     asked = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises composition errors instead of printing a report
     try:
+        if not any(w.partition("=")[0] in INFO_FLAGS for w in sys.argv[1:] if w.startswith("-")):
+            check_given_paths(sys.argv[1:], os.environ)  # an empty run dir or paths.*: before Hydra makes the run dir
         hydra_main()
     except Exception as e:
         message = (

@@ -224,6 +224,12 @@ GROUP_RANGES = {
 INTERVALS = ("amplitude", "phase", "x_range")  # dataset knobs that are [low, high] pairs
 SPLITS = ("train", "val", "test")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Step sizes and epsilons, checked against the run's dtype (config_checks.check_float_limits): a positive value below
+# torch.finfo(dtype).tiny underflows (to 0 or a subnormal), one above .max overflows to inf; either way phi stays put
+# or the first step fails. The groups' keys are checked where their option has them.
+DTYPE_KNOBS = ("inner_lr", "epsilon", "epsilon_final")
+DTYPE_GROUP_KNOBS = {"inner_optimizer": ("lr", "eps"), "outer_optimizer": ("lr", "eps")}
+RUN_DIRS = ("hydra.run.dir", "hydra.sweep.dir")  # Hydra's run dirs: like paths.*, never empty (the current folder)
 
 
 def given_overrides() -> list[str]:

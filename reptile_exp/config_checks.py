@@ -11,11 +11,13 @@ import inspect
 import os
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
@@ -23,11 +25,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .config import (
+    DTYPE_GROUP_KNOBS,
+    DTYPE_KNOBS,
     GROUP_RANGES,
     INTERVALS,
     RANGES,
+    RUN_DIRS,
     SPLITS,
     WANDB_MODES,
+    PathsConfig,
     Range,
     TrainConfig,
     bool_keys,
@@ -39,6 +45,13 @@ from .memory import available_bytes
 from .protocols import parse
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+# The variable each paths.* key's default reads (conf/paths/*.yaml: `log_dir: ${oc.env:REPTILE_EXP_OUTPUTS,outputs}`).
+PATH_ENV = {
+    key: found[1]
+    for option in sorted((CONF / "paths").glob("*.yaml"))
+    for key, value in OmegaConf.to_container(OmegaConf.load(option)).items()
+    if (found := re.match(r"\$\{oc\.env:(\w+)", str(value)))
+}
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 # An annotation of a _target_'s parameter -> (test of a value, what it must be).
 TYPES = {
@@ -184,6 +197,8 @@ def _dataset_model(dataset: str) -> str | None:
 def composition_error(e: Exception) -> str | None:
     """One line for an error Hydra/OmegaConf raise while composing the config (k=abc, kk=3, dataset=nope):
     the override, what is wrong and what is allowed. None when `e` is not a composition error."""
+    if isinstance(e, (yaml.YAMLError, UnicodeDecodeError)):
+        return _unreadable_config(e)
     if isinstance(e, MissingConfigException) and e.options is not None:
         group, _, option = (e.missing_cfg_file or "").rpartition("/")
         return f"{group or 'config'}={option} is invalid: no such option; choose one of {sorted(e.options)}"
@@ -213,6 +228,30 @@ def composition_error(e: Exception) -> str | None:
     return None
 
 
+def _unreadable_config(e: yaml.YAMLError | UnicodeDecodeError) -> str | None:
+    """The line for a config file Hydra cannot read (most often conf/local/default.yaml, this machine's settings):
+    not YAML (yaml names the file), or not UTF-8 text (the file Hydra's FileConfigSource.load_config was reading, its
+    `full_path`). None when no config file is named (not an error of composing the config)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    read, tb = [], e.__traceback__
+    while tb is not None:
+        read.append(tb.tb_frame.f_locals.get("full_path"))
+        tb = tb.tb_next
+    path = getattr(mark, "name", None) or getattr(e, "name", None) or next((p for p in reversed(read) if p), None)
+    if not isinstance(path, str) or path.startswith("<"):  # yaml's "<unicode string>": no file
+        return None
+    shown = os.path.abspath(path)
+    shown = os.path.relpath(shown, CONF.parent) if Path(shown).is_relative_to(CONF.parent) else shown
+    if isinstance(e, UnicodeDecodeError):
+        return (
+            f"{shown} is not UTF-8 text (it holds the byte 0x{e.object[e.start]:02x}); save it as UTF-8, or move it "
+            "away"
+        )
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or first_line(e)
+    return f"{shown} is not valid YAML ({problem}{where}); correct {'that line' if where else 'it'}, or move it away"
+
+
 def _holding(cfg: DictConfig, missing: str) -> str | None:
     """The first key whose own value holds the interpolation ${missing} (the key a user wrote it in), or None."""
 
@@ -230,15 +269,28 @@ def _holding(cfg: DictConfig, missing: str) -> str | None:
     return next((k for k, v in leaves(OmegaConf.to_container(cfg), "") if isinstance(v, str) and wanted in v), None)
 
 
-def check_bool_overrides() -> None:
+def check_bool_overrides(cfg: DictConfig) -> None:
     """A schema key typed bool takes true or false only: OmegaConf reads replacement=2 or progress=yes as true, so
-    the command line's values are checked as typed (a group's bool keys: check_known_keys)."""
+    the command line's values are checked as typed, and a value given by interpolation (replacement=${k}, also in a
+    config file) as it resolves, before the schema converts it (a group's bool keys: check_known_keys)."""
     typed = set(bool_keys())
     for override in OverridesParser.create().parse_overrides(given_overrides()):
         key, value = override.key_or_group, override.value()
-        interpolation = isinstance(value, str) and "${" in value  # checked where it resolves
+        interpolation = isinstance(value, str) and "${" in value  # checked below, as it resolves
         if key in typed and not override.is_delete() and not interpolation and not isinstance(value, bool):
             fail(key, value, "must be true or false")
+    plain = None  # the config without its schema: an interpolation resolves there to what it points at
+    for key in typed:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not OmegaConf.is_interpolation(node, name):
+            continue
+        if plain is None:
+            plain = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
+        resolved = OmegaConf.select(plain, key)
+        if not isinstance(resolved, bool) and str(resolved).lower() not in ("true", "false"):  # oc.env gives text
+            raw = OmegaConf.to_container(node)[name]
+            fail(key, raw, f"it resolves to {resolved!r}; must be true or false")
 
 
 def _check_range(key: str, value: Any, allowed: Range) -> None:
@@ -265,7 +317,7 @@ def validate(cfg: DictConfig) -> None:
         fix = f"set {key} to a value, or point its ${{...}} at an existing key"
         by = f" (read by {read})" if key != read else ""
         raise ConfigError(f"{key} cannot be resolved{by}: {first_line(e)}; {fix}") from None
-    check_bool_overrides()
+    check_bool_overrides(cfg)
     for key, allowed in RANGES.items():
         _check_range(key, cfg[key], allowed)
     for group, ranges in GROUP_RANGES.items():
@@ -273,6 +325,8 @@ def validate(cfg: DictConfig) -> None:
             if key in cfg[group]:
                 _check_range(f"{group}.{key}", cfg[group][key], allowed)
     check_known_keys(cfg)
+    check_float_limits(cfg)
+    check_paths(cfg)
     dataset = cfg.dataset
     for key in INTERVALS:
         value = dataset.get(key)
@@ -305,6 +359,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.logger.mode not in WANDB_MODES:
         fail("logger.mode", cfg.logger.mode, f"choose one of {list(WANDB_MODES)}")
     env_mode = os.environ.get("WANDB_MODE")
+    if env_mode is not None and not env_mode.strip():  # W&B's settings refuse it, whatever logger.mode says
+        fail("WANDB_MODE", env_mode, "set but empty, which W&B refuses; unset it, or set online, offline or disabled")
     if env_mode and env_mode not in ("online", "offline", "disabled", "dryrun", "run", "shared"):  # wandb's own
         fail("WANDB_MODE", env_mode, "unset it, or set online, offline or disabled (logger.mode sets it per run)")
     splits = list(cfg.eval_splits)
@@ -317,6 +373,91 @@ def validate(cfg: DictConfig) -> None:
     check_model_fits_dataset(cfg)
     check_outer_optimizer(cfg.outer_optimizer)
     parse(cfg)
+
+
+def check_float_limits(cfg: DictConfig) -> None:
+    """Step sizes and epsilons must survive the run's dtype: a positive value above torch.finfo(dtype).max overflows
+    to inf (the inner step's `lr * g` fails, an Adam eps of inf stops every step), one below .tiny underflows to 0 or
+    a subnormal (phi does not move). A large finite step size that merely diverges (inner_lr=1e30) is left to the
+    run, which reports the divergence."""
+    info = torch.finfo(getattr(torch, cfg.dtype.value))
+    knobs = [(key, cfg[key]) for key in DTYPE_KNOBS]
+    knobs += [(f"{g}.{k}", cfg[g][k]) for g, keys in DTYPE_GROUP_KNOBS.items() for k in keys if k in cfg[g]]
+    for key, value in knobs:
+        numbers = [v for v in (value if isinstance(value, ListConfig) else [value]) if isinstance(v, (int, float))]
+        if any(v > 0 and not info.tiny <= v <= info.max for v in numbers):
+            why = "overflows to inf" if max(numbers) > info.max else "underflows (to 0 or a subnormal)"
+            other = ", or dtype=float64" if cfg.dtype.value == "float32" else ""
+            fail(
+                key,
+                value,
+                f"it {why} in dtype={cfg.dtype.value}, which holds {info.tiny:.3g} to {info.max:.3g}; choose a value "
+                f"in that range{other}",
+            )
+
+
+def _empty(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+ROOTED = "the paths built on it would start at the filesystem root (/runs, /omniglot)"
+
+
+def _empty_env(env: str, value: str, key: str) -> None:
+    fail(env, value, f"it is set but empty, so {key} is empty and {ROOTED}; unset {env}, or set it to a folder")
+
+
+def _empty_path(key: str, value: str) -> None:
+    """Refuse an empty or blank paths.* key or run dir."""
+    if key in RUN_DIRS:
+        kind = key.split(".")[1]
+        why = f"an empty {kind} dir is the current folder, where the {kind} would write its files"
+        fail(key, value, f"{why}; give a folder, or leave it out for a new one under paths.log_dir")
+    fail(key, value, f"an empty path names no folder: {ROOTED}; give a folder, or leave it out for its default")
+
+
+def check_paths(cfg: DictConfig) -> None:
+    """paths.* and Hydra's run dir (a sweep's: its sweep dir) must not be empty or blank: `REPTILE_EXP_OUTPUTS=` put
+    the runs under /runs, `hydra.run.dir=''` into the current folder. check_given_paths refuses those of the command
+    line and the environment before Hydra makes the run dir; this also catches those of a config file."""
+    given = {o.lstrip("+~").partition("=")[0] for o in given_overrides()}
+    for name in cfg.paths:
+        key, value, env = f"paths.{name}", cfg.paths[name], PATH_ENV.get(name)
+        if _empty(value) and env is not None and key not in given and os.environ.get(env) == value:
+            _empty_env(env, value, key)  # the default read it from the environment
+        if _empty(value):
+            _empty_path(key, value)
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        key = RUN_DIRS[1] if getattr(hydra.get("mode"), "name", None) == "MULTIRUN" else RUN_DIRS[0]
+        if _empty(OmegaConf.select(hydra, key.removeprefix("hydra."))):
+            _empty_path(key, OmegaConf.select(hydra, key.removeprefix("hydra.")))
+
+
+def check_given_paths(argv: list[str], environ: Mapping[str, str]) -> None:
+    """Before Hydra makes the run dir (the entry point calls this first): an empty or blank paths.*, hydra.run.dir or
+    hydra.sweep.dir on the command line (each value of a sweep), or an empty variable that a paths.* key reads
+    (PATH_ENV) where the command line does not set that key, is refused in one line (check_paths: the composed
+    config's)."""
+    keys = {*RUN_DIRS, *(f"paths.{f.name}" for f in fields(PathsConfig))}
+    given, parser = set(), OverridesParser.create()
+    for word in argv:
+        if word.startswith("-") or "=" not in word:  # a flag, or a flag's value (--config-dir DIR)
+            continue
+        try:
+            (override,) = parser.parse_overrides([word])
+        except HydraException:
+            continue  # Hydra reports it in its own line
+        if override.key_or_group not in keys or override.is_delete():
+            continue
+        given.add(override.key_or_group)
+        for value in override.sweep_iterator() if override.is_choice_sweep() else [override.value()]:
+            value = getattr(value, "text", value)  # a quoted value of a sweep (a,'')
+            if _empty(value):
+                _empty_path(override.key_or_group, value)
+    for name, env in PATH_ENV.items():
+        if f"paths.{name}" not in given and _empty(environ.get(env, "-")):
+            _empty_env(env, environ[env], f"paths.{name}")
 
 
 def check_outer_optimizer(node: DictConfig) -> None:

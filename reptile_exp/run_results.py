@@ -54,6 +54,8 @@ def read_yaml(path: Path, kind: type = dict) -> dict | list:
     overrides, `key=value` strings); DamagedFile naming it otherwise."""
     try:
         loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:  # a job dir's .hydra/hydra.yaml or config.yaml that a copy or a hand left out
+        raise DamagedFile(f"{path} is missing; restore it, or use a new run dir") from None
     except (yaml.YAMLError, UnicodeDecodeError, IsADirectoryError) as e:
         raise DamagedFile(f"{path} cannot be read ({first_line(e)}); restore it, or use a new run dir") from None
     if kind is list:
@@ -65,6 +67,15 @@ def read_yaml(path: Path, kind: type = dict) -> dict | list:
     if not valid:
         raise DamagedFile(f"{path} is not {what}; restore it, or use a new run dir")
     return loaded
+
+
+def read_text(path: Path) -> str:
+    """A job dir's one-line record (error.txt, wandb_run_id), stripped; bytes that are not UTF-8 read as U+FFFD (the
+    rest of the line stays legible). DamagedFile naming it when it is a folder."""
+    try:
+        return Path(path).read_text(errors="replace").strip()
+    except IsADirectoryError:
+        raise DamagedFile(f"{path} is a folder where the job keeps a file; move it away") from None
 
 
 @dataclass
@@ -121,10 +132,12 @@ def _checkpoint_run(run: Path, checkpoint: str | None) -> Path | None:
 
 def _training_time(run: Path) -> tuple[float | None, str]:
     """A training run's wall time: summed from metrics.jsonl's speeds (periodic evaluations included, the final
-    evaluation not), else its summary.json's seconds (with the final evaluation)."""
-    metrics, total, previous = run / "metrics.jsonl", 0.0, 0
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        r = strict_json.loads(line)
+    evaluation not), else its summary.json's seconds (with the final evaluation). metrics.jsonl is read as a run
+    reads it (MetricsFile: a line that is not JSON skipped, one not text or not a record DamagedFile)."""
+    from .tracking import MetricsFile  # tracking imports this module (DamagedFile)
+
+    total, previous = 0.0, 0
+    for r in MetricsFile(run / "metrics.jsonl").read():
         if "train/iters_per_s" in r:
             total += (r["iteration"] - previous) / r["train/iters_per_s"]
             previous = r["iteration"]

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from .atomic import atomic_write_text
 from .checkpoint import PATTERN
 from .errors import first_line
-from .run_results import RESULT_FILES, SUMMARY_KEYS, DamagedFile, read_json, read_yaml
+from .run_results import RESULT_FILES, SUMMARY_KEYS, DamagedFile, read_json, read_text, read_yaml
 
 log = logging.getLogger(__name__)
 FIRST, LAST = ["job"], ["status", "objective_name", "objective"]
@@ -54,6 +54,18 @@ def overrides(job_dir: Path) -> dict[str, str]:
     return as_dict(read_yaml(job_dir / ".hydra" / "overrides.yaml", list))
 
 
+def choice(job_dir: Path, group: str) -> str:
+    """The option of config group `group` the job ran (.hydra/hydra.yaml's hydra.runtime.choices), or DamagedFile
+    naming that file."""
+    path = job_dir / ".hydra" / "hydra.yaml"
+    node = read_yaml(path)
+    for key in ("hydra", "runtime", "choices", group):
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, str):
+        raise DamagedFile(f"{path} names no {group} (hydra.runtime.choices.{group}); restore it, or use a new run dir")
+    return node
+
+
 def readable_overrides(job_dir: Path) -> dict[str, str]:
     """The job's overrides, none where its overrides.yaml is damaged (its row says so: job_row)."""
     try:
@@ -65,7 +77,9 @@ def readable_overrides(job_dir: Path) -> dict[str, str]:
 def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     """Overrides, status (finished, pruned, failed, incomplete, damaged) and final metrics of one job; pruned:
     stopped by an Optuna sweeper's pruner (summary.json's `pruned_at`; reptile_exp/pruning.py), its objective the
-    last periodic evaluation's; damaged: its summary or its overrides do not parse (the error says which file)."""
+    last periodic evaluation's; damaged: its summary or its overrides do not parse, or a job without results has a
+    folder for its error.txt or wandb_run_id (the error says which file). error.txt and wandb_run_id are read
+    whatever their bytes (read_text)."""
     row: dict[str, Any] = {"job": str(job_dir.relative_to(sweep_dir))}
     error = job_dir / "error.txt"
     # a training job's summary, or an evaluate_only job's
@@ -88,10 +102,14 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         row.setdefault("status", "failed" if error.exists() else "incomplete")
         done = [int(m.group(1)) for p in (job_dir / "checkpoints").glob("ckpt-*.pt") if (m := PATTERN.search(p.name))]
         row["iteration"] = max(done, default=0)
-    if (job_dir / "wandb_run_id").exists():
-        row["wandb_run_id"] = (job_dir / "wandb_run_id").read_text().strip()
-    if error.exists():
-        row.setdefault("error", error.read_text().strip())
+    for key, record in (("wandb_run_id", job_dir / "wandb_run_id"), ("error", error)):
+        if record.exists():
+            try:
+                row.setdefault(key, read_text(record))
+            except DamagedFile as e:
+                row.setdefault("error", str(e))
+                if s is None:  # a finished job keeps its results, the error names the file
+                    row["status"] = "damaged"
     return row
 
 

@@ -5,7 +5,9 @@
 Each DIR is a multirun directory (outputs/multiruns/...) whose job dirs hold summary.json, metrics.jsonl and
 .hydra/overrides.yaml. A failed job (error.txt) or one an Optuna pruner stopped is a row of the table with its
 status, and is left out of the `k` and `steps` panels (a pruned job's curve shows in `learning`); jobs with
-neither file (still running) are reported and skipped. Complements
+neither file (still running) are reported and skipped. A job file that does not read (summary.json, .hydra/'s
+config.yaml, hydra.yaml or overrides.yaml; error.txt a folder) ends the script in one line naming it; an error.txt
+that is not UTF-8 is read with its odd bytes as U+FFFD. Complements
 the sweep summary every multirun writes (reptile_exp/sweep.py: one row per job, objective against the swept
 knobs) with the studies' own views, one panel per DIR:
   learning  the periodic evaluation metric against the outer iteration, one curve per job (gradient combinations)
@@ -30,8 +32,8 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from reptile_exp.atomic import unwritable_file  # noqa: E402
 from reptile_exp.errors import ReptileExpError  # noqa: E402
-from reptile_exp.run_results import read_json, read_yaml  # noqa: E402
-from reptile_exp.sweep import is_run_dir, job_dirs, overrides  # noqa: E402
+from reptile_exp.run_results import read_json, read_text, read_yaml  # noqa: E402
+from reptile_exp.sweep import choice, is_run_dir, job_dirs, overrides  # noqa: E402
 from reptile_exp.tracking import MetricsFile  # noqa: E402
 
 IGNORED = ("hydra", "logger", "progress", "debug")  # overrides that do not distinguish jobs
@@ -48,17 +50,16 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[str]]:
             missing.append(job.name)
             continue
         cfg = OmegaConf.create(read_yaml(job / ".hydra" / "config.yaml"))
-        choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
         jobs.append(
             {
                 "sweep": sweep.name,
                 "job": job.name,
                 "overrides": [f"{k}={v}" for k, v in overrides(job).items() if not k.startswith(IGNORED)],
                 "name": cfg.name,
-                "algorithm": _algorithm(choices.algorithm, cfg),
+                "algorithm": _algorithm(choice(job, "algorithm"), cfg),
                 "k": cfg.k,
                 "summary": read_json(summary) if summary.exists() else None,
-                "error": None if summary.exists() else error.read_text().strip(),
+                "error": None if summary.exists() else read_text(error),
                 "records": MetricsFile(job / "metrics.jsonl").read(),
             }
         )

@@ -4,7 +4,8 @@
 
 The Hydra callback does the same when a multirun ends; this script is for sweeps still running
 (SLURM) or whose submitting process was gone before the end. Jobs without summary.json show as
-failed (error.txt) or incomplete (with the iteration of their newest checkpoint).
+failed (error.txt) or incomplete (with the iteration of their newest checkpoint); a job whose files do not read
+shows as damaged, the file named in its error.
 """
 
 from __future__ import annotations

@@ -89,6 +89,22 @@ CASES = [
     ("list_as_int", ["model.hidden=64"], "model.hidden=64 is invalid: must be a list"),
     ("threads", ["threads=100000"], "threads=100000 is invalid: must be <= the"),
     ("memory_overflow", ["eval_memory_mb=1e308"], "eval_memory_mb=1e+308 is invalid: must be a finite number in"),
+    # step sizes and epsilons the run's dtype cannot hold: a traceback from the inner step, or phi silently unchanged
+    ("lr_overflow", ["inner_lr=1e308"], "inner_lr=1e+308 is invalid: it overflows to inf in dtype=float32, which"),
+    ("lr_underflow", ["inner_lr=1e-50"], "inner_lr=1e-50 is invalid: it underflows (to 0 or a subnormal) in dtype="),
+    ("epsilon_underflow", ["epsilon=1e-50"], "epsilon=1e-50 is invalid: it underflows (to 0 or a subnormal)"),
+    (
+        "inner_eps_overflow",
+        ["inner_optimizer=adam", "inner_optimizer.eps=1e39"],
+        "inner_optimizer.eps=1e+39 is invalid: it overflows to inf in dtype=float32, which holds 1.18e-38 to 3.4e+38",
+    ),
+    ("outer_eps_overflow", ["outer_optimizer=adam", "+outer_optimizer.eps=1e39"], "outer_optimizer.eps=1e+39 is inv"),
+    # empty paths (an empty run dir, or an empty REPTILE_EXP_* variable: test_an_empty_path_is_refused_before_...)
+    ("log_dir_empty", ["paths.log_dir="], "paths.log_dir='' is invalid: an empty path names no folder"),
+    ("data_dir_blank", ["paths.data_dir=' '"], "paths.data_dir=' ' is invalid: an empty path names no folder"),
+    # a broken conf/local/default.yaml (here in a --config-dir): Hydra read it with a traceback
+    ("local_yaml", ["--config-dir={local_yaml}"], "local/default.yaml is not valid YAML (expected the node content"),
+    ("local_bytes", ["--config-dir={local_bytes}"], "local/default.yaml is not UTF-8 text (it holds the byte 0xff)"),
     ("float64_bf16", ["dtype=float64", "precision=bf16"], "precision='bf16' is invalid: bf16 and tf32 apply to"),
     ("transductive_sine", ["transductive=true"], "transductive=True is invalid: regression has no transductive"),
     ("nesterov", ["+outer_optimizer.nesterov=true"], "outer_optimizer is invalid: Nesterov momentum requires"),
@@ -238,8 +254,10 @@ EARLY = ["tf32_before_data", "inner_batch", "eval_batch_replacement"]
 
 def bool_cases() -> list[tuple[str, list[str], str]]:
     """Every key typed bool given 2 (was read as true): the schema's (config.bool_keys) and each group option's, its
-    target's parameters annotated bool (or bool | None), chosen with its option."""
+    target's parameters annotated bool (or bool | None), chosen with its option; and a schema key given an
+    interpolation that resolves to 5 (k's value; read as true too)."""
     cases = [(f"bool_{key}", [f"{key}=2"], f"{key}=2 is invalid: must be true or false") for key in bool_keys()]
+    cases.append(("bool_interpolation", ["replacement=${{k}}"], "replacement='${k}' is invalid: it resolves to 5;"))
     for group in ("dataset", "model", "algorithm", "inner_optimizer", "outer_optimizer"):
         for option in sorted((ROOT / "conf" / group).glob("*.yaml")):
             node = OmegaConf.load(option)
@@ -279,6 +297,17 @@ def build_omniglot(base: Path) -> dict[str, Path]:
     gone = "/".join(first.split("/")[:3])
     variant("character_missing", {p: b for p, b in pngs.items() if not p.startswith(gone + "/")})
     return roots
+
+
+def build_local_configs(base: Path) -> dict[str, Path]:
+    """Config dirs for --config-dir, each with a broken local/default.yaml (this machine's settings): not YAML, and
+    not UTF-8 text. The repo's conf/local/ is left alone."""
+    dirs = {}
+    for name, data in (("local_yaml", b"threads: [1,\n"), ("local_bytes", b"threads: 1\nname: caf\xff\n")):
+        (base / name / "local").mkdir(parents=True)
+        (base / name / "local" / "default.yaml").write_bytes(data)
+        dirs[name] = base / name
+    return dirs
 
 
 def build_mini(base: Path) -> dict[str, Path]:
@@ -366,7 +395,7 @@ def damaged_checkpoints(base: Path) -> dict[str, Path]:
 def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     base = tmp_path_factory.mktemp("bad_inputs")
     checkpoint_run = start_checkpoint_run(base)
-    places = {"tmp": base, **build_omniglot(base), **build_mini(base)}
+    places = {"tmp": base, **build_omniglot(base), **build_mini(base), **build_local_configs(base)}
     assert checkpoint_run.wait(timeout=300) == 0
     places.update(damaged_checkpoints(base))
     # ROOT first: the forked script (tests/forked_train.py) imports this checkout's reptile_exp, not an installed one
@@ -454,6 +483,42 @@ def test_console_script_reports_one_line_outside_the_repo(tmp_path):
     assert proc.stderr.strip() == "error: dataset=nope is invalid: no such option; choose one of " + str(
         sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
     )
+
+
+@pytest.mark.parametrize(
+    "env,overrides,phrase",
+    [
+        ({}, ["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty run dir is the current folder, where the run"),
+        ({}, ["-m", "hydra.sweep.dir=' '", "k=1,2"], "hydra.sweep.dir=' ' is invalid: an empty sweep dir is the"),
+        (  # set but empty: the runs went under /runs (here the run dir is given: it must not be made either)
+            {"REPTILE_EXP_OUTPUTS": ""},
+            ["hydra.run.dir={run}"],
+            "REPTILE_EXP_OUTPUTS='' is invalid: it is set but empty, so paths.log_dir is empty and the paths built",
+        ),
+        ({}, ["paths.log_dir=a,''", "-m", "hydra.sweep.dir={run}"], "paths.log_dir='' is invalid: an empty path"),
+        (  # W&B's settings refuse it: blamed the logger.* values
+            {"WANDB_MODE": ""},
+            ["logger.mode=offline", "hydra.run.dir={run}"],
+            "WANDB_MODE='' is invalid: set but empty, which W&B refuses; unset it, or set online, offline or disabled",
+        ),
+    ],
+    ids=["run_dir", "sweep_dir", "outputs_env", "log_dir_swept", "wandb_mode_env"],
+)
+def test_an_empty_path_or_variable_is_refused_before_hydra_writes(tmp_path, env, overrides, phrase):
+    """Empty run dirs and paths, refused in one line before Hydra makes the run dir (WANDB_MODE: before any work):
+    an empty run dir is the current folder (here an empty one, which must stay empty)."""
+    work, run = tmp_path / "work", tmp_path / "run"
+    work.mkdir()
+    given = [o.format(run=run) for o in overrides if o != "-m"]
+    cmd = train_cmd(*FAST, "k_eval=1", *given, multirun="-m" in overrides)
+    env = clean_env(tmp_path, PYTHONPATH=str(ROOT), **env)
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    errors = [line for line in proc.stderr.splitlines() if "error: " in line]
+    assert proc.returncode == 1 and "Traceback" not in output, output
+    assert len(errors) == 1 and phrase in errors[0], output
+    assert not list(work.iterdir()), output
+    assert not (run / "checkpoints").exists() and (env.get("WANDB_MODE") == "" or not run.exists()), output
 
 
 def test_a_bad_value_costs_only_its_job_of_a_sweep(tmp_path):

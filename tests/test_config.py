@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
 from reptile_exp.config import register_schema
-from reptile_exp.config_checks import composition_error, validate
+from reptile_exp.config_checks import check_given_paths, composition_error, validate
 from reptile_exp.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -183,7 +183,26 @@ BAD = [
     (("inner_lr=-0.1",), "inner_lr=-0.1 is invalid"),
     (("inner_lr=nan",), "inner_lr=nan is invalid"),
     (("inner_lr=inf",), "inner_lr=inf is invalid"),
+    # step sizes and epsilons the run's dtype cannot hold (1e39 overflowed in the inner step; 1e-50 left phi as it was)
+    (
+        ("inner_lr=1e39",),
+        "inner_lr=1e+39 is invalid: it overflows to inf in dtype=float32, which holds 1.18e-38 to 3.4e+38; choose a "
+        "value in that range, or dtype=float64",
+    ),
+    (("inner_lr=1e-50",), "inner_lr=1e-50 is invalid: it underflows (to 0 or a subnormal) in dtype=float32, which"),
+    (("epsilon=1e-50",), "epsilon=1e-50 is invalid: it underflows (to 0 or a subnormal) in dtype=float32"),
+    (("epsilon_final=1e-50",), "epsilon_final=1e-50 is invalid: it underflows (to 0 or a subnormal)"),
+    (
+        ("dtype=float64", "inner_lr=1e-320"),
+        "inner_lr=1e-320 is invalid: it underflows (to 0 or a subnormal) in dtype=float64, which holds 2.23e-308 to "
+        "1.8e+308; choose a value in that range",
+    ),
+    (("inner_optimizer=adam", "inner_optimizer.eps=1e39"), "inner_optimizer.eps=1e+39 is invalid: it overflows to inf"),
+    (("inner_optimizer=adam", "inner_optimizer.eps=1e-50"), "inner_optimizer.eps=1e-50 is invalid: it underflows"),
+    (("outer_optimizer=adam", "+outer_optimizer.eps=1e39"), "outer_optimizer.eps=1e+39 is invalid: it overflows"),
     (("replacement=maybe",), "replacement='maybe' is invalid"),
+    (("replacement=${k}",), "replacement='${k}' is invalid: it resolves to 5; must be true or false"),  # read as true
+    (("logger.log_model=${k}",), "logger.log_model='${k}' is invalid: it resolves to 5; must be true or false"),
     (("loss_reduction=avg",), "loss_reduction='avg' is invalid: Invalid value 'avg', expected one of [mean, sum]"),
     (("epsilon=0",), "epsilon=0.0 is invalid: must be a finite number > 0"),
     (("epsilon=fast",), "epsilon='fast' is invalid"),
@@ -271,6 +290,17 @@ BAD = [
     (("logger.tags=abc",), "logger.tags='abc' is invalid"),
     (("logger.project=null",), "logger.project=None is invalid"),
     (("paths.data_dir=[a]",), "paths.data_dir=['a'] is invalid"),
+    (
+        ("paths.log_dir=",),
+        "paths.log_dir='' is invalid: an empty path names no folder: the paths built on it would start at the "
+        "filesystem root (/runs, /omniglot); give a folder, or leave it out for its default",
+    ),
+    (("paths.cache_dir=' '",), "paths.cache_dir=' ' is invalid: an empty path names no folder"),
+    (
+        ("hydra.run.dir=",),
+        "hydra.run.dir='' is invalid: an empty run dir is the current folder, where the run would write its files; "
+        "give a folder, or leave it out for a new one under paths.log_dir",
+    ),
     (("dataset.x_range=[-1e300,1e300]",), "dataset.x_range=[-1e+300, 1e+300] is invalid: must be a finite number in"),
     (("dataset.amplitude=[1e200,1e200]",), "dataset.amplitude=[1e+200, 1e+200] is invalid"),
     # the outer optimizer: ranges, and one step on a zero gradient before any data is read
@@ -300,6 +330,10 @@ GOOD = [
     ("launcher=slurm", "+hydra.launcher.additional_parameters.mail-type=END"),
     (OMNI, "model=omniglot_conv", "dataset.n_way=20"),
     ("experiment=omniglot_5w1s", "model=omniglot_conv"),
+    ("inner_lr=1e30",),  # finite: a run that diverges, and is reported so
+    ("dtype=float64", "inner_lr=1e39", "outer_optimizer=adam", "+outer_optimizer.eps=1e-300"),
+    ("inner_lr=1e-37", "epsilon_final=0"),
+    ("replacement=${transductive}",),
 ]
 
 
@@ -338,13 +372,76 @@ def test_an_optional_local_config_is_read_and_checked(tmp_path):
         assert str(error.value).startswith(line)
 
 
-@pytest.mark.parametrize("mode,refused", [("bogus", True), ("offline", False), ("dryrun", False), ("", False)])
-def test_a_wandb_mode_from_the_environment_is_checked_with_the_config(monkeypatch, mode, refused):
-    """WANDB_MODE=bogus failed only when W&B started, after the data was built, blaming logger.* values."""
+@pytest.mark.parametrize(
+    "mode,refused",
+    [
+        ("bogus", "WANDB_MODE='bogus' is invalid: unset it, or set online, offline"),
+        ("", "WANDB_MODE='' is invalid: set but empty, which W&B refuses; unset it, or set online, offline or"),
+        (" ", "WANDB_MODE=' ' is invalid: set but empty"),
+        ("offline", None),
+        ("dryrun", None),
+    ],
+)
+@pytest.mark.parametrize("logger_mode", ["auto", "offline"])
+def test_a_wandb_mode_from_the_environment_is_checked_with_the_config(monkeypatch, mode, refused, logger_mode):
+    """WANDB_MODE=bogus failed only when W&B started, after the data was built, blaming logger.* values; so did
+    WANDB_MODE= (set but empty), even with logger.mode=offline."""
     monkeypatch.setenv("WANDB_MODE", mode)
-    cfg = _compose("logger.mode=auto")
+    cfg = _compose(f"logger.mode={logger_mode}")
     if refused:
-        with pytest.raises(ConfigError, match=r"WANDB_MODE='bogus' is invalid: unset it, or set online, offline"):
+        with pytest.raises(ConfigError) as error:
             validate(cfg)
+        assert str(error.value).startswith(refused)
     else:
         validate(cfg)
+
+
+def test_a_broken_local_config_is_named_in_one_line(tmp_path):
+    """conf/local/default.yaml that is not YAML or not UTF-8 text: a yaml or UnicodeDecodeError traceback before."""
+    conf = shutil.copytree(CONF, tmp_path / "conf")
+    (conf / "local").mkdir()
+    local = conf / "local" / "default.yaml"
+    for data, line in [
+        (b"threads: [1,\n", f"{local} is not valid YAML (expected the node content, but found '<stream end>', line 2,"),
+        (b"threads: 1\n  k: 3\n", f"{local} is not valid YAML (mapping values are not allowed here, line 2, column"),
+        (b"name: caf\xe9\n", f"{local} is not UTF-8 text (it holds the byte 0xe9); save it as UTF-8, or move it away"),
+    ]:
+        local.write_bytes(data)
+        with pytest.raises(ConfigError) as error:
+            with _hydra_run(config_dir=conf):
+                pass
+        assert str(error.value).startswith(line) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("variable,key", [("REPTILE_EXP_OUTPUTS", "log_dir"), ("REPTILE_EXP_DATA", "data_dir")])
+def test_an_empty_path_variable_is_named(monkeypatch, variable, key):
+    """REPTILE_EXP_OUTPUTS= (set but empty) put the runs under /runs: refused naming the variable, by the entry point
+    before Hydra makes the run dir (check_given_paths) and by validate; a paths.* override of it is left alone."""
+    monkeypatch.setenv(variable, "")
+    line = f"{variable}='' is invalid: it is set but empty, so paths.{key} is empty and the paths built on it"
+    assert _error_line().startswith(line)
+    with pytest.raises(ConfigError) as error:
+        check_given_paths(["k=3"], {variable: ""})
+    assert str(error.value).startswith(line)
+    check_given_paths([f"paths.{key}=/big/disk"], {variable: ""})
+    with _hydra_run(f"paths.{key}=/big/disk") as cfg:
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    "argv,line",
+    [
+        (["hydra.run.dir="], "hydra.run.dir='' is invalid: an empty run dir is the current folder"),
+        (["-m", "hydra.sweep.dir=' '"], "hydra.sweep.dir=' ' is invalid: an empty sweep dir is the current folder"),
+        (["-m", "paths.log_dir=a,''"], "paths.log_dir='' is invalid: an empty path names no folder"),
+        (["++paths.data_dir="], "paths.data_dir='' is invalid: an empty path names no folder"),
+        (["hydra.run.dir=/tmp/x", "k=[1,", "--config-dir", "/x", "~paths.log_dir"], None),
+    ],
+)
+def test_empty_run_dirs_and_paths_on_the_command_line_are_refused_before_hydra(argv, line):
+    if line is None:
+        check_given_paths(argv, {})
+        return
+    with pytest.raises(ConfigError) as error:
+        check_given_paths(argv, {})
+    assert str(error.value).startswith(line)

@@ -164,6 +164,28 @@ def test_a_damaged_summary_is_one_line_and_exit_1(tmp_path, text, words):
     assert proc.stderr.startswith(f"error: {run / 'summary.json'} {words}"), proc.stderr
 
 
+def test_a_metrics_line_that_is_not_json_is_skipped_and_metrics_not_text_are_one_line(tmp_path):
+    """metrics.jsonl is read as a run reads it (tracking.MetricsFile): a line that is not JSON, anywhere, is skipped
+    (the training time is the same), a file that is not UTF-8 is one line and exit 1 (were tracebacks)."""
+    run, out = tmp_path / "run", tmp_path / "table"
+    run_train(tmp_path, "experiment=omniglot_20w1s", "debug=smoke", "eval_splits=[test]", f"hydra.run.dir={run}")
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    assert len(lines) > 2 and any("train/iters_per_s" in line for line in lines[2:])
+    assert _render(run, "--out", out).returncode == 0
+    clean = (out / "paper_tables.csv").read_text()
+    assert "train unknown" not in clean
+    metrics.write_text("".join([*lines[:2], '{"iteration": 3, "train/lo\n', *lines[2:]]))  # a line cut mid-record
+    proc = _render(run, "--out", out)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert (out / "paper_tables.csv").read_text() == clean
+    metrics.write_bytes("".join(lines).encode() + b"\xff\xfe\n")  # not text
+    proc = _render(run, "--out", out)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {metrics} cannot be read ('utf-8' codec can't decode byte 0xff"), proc.stderr
+    assert proc.stderr.rstrip().endswith("restore it, or move it away to start the metrics afresh")
+
+
 @functools.cache
 def _config(column: paper.Column, *overrides: str) -> dict:
     """The config.yaml of a run of the column's preset (the paper's settings, tests/test_paper_presets.py) with

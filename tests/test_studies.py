@@ -4,6 +4,7 @@ figures."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,58 @@ def test_same_k_multirun_becomes_a_table_and_plots(tmp_path, capsys):
         rows = {r["job"]: r for r in _csv(tmp_path / f"pruned_{kind}.csv")}
         assert rows[pruned]["status"] == "pruned at iteration 3" and rows[pruned]["value"] == ""
         assert all(r["status"] == "finished" and r["value"] for job, r in rows.items() if job != pruned)
+
+
+@pytest.fixture(scope="module")
+def sine_sweep(tmp_path_factory):
+    """A finished two-job multirun (reptile, k=1,2); a test damages a copy of it."""
+    sweep = tmp_path_factory.mktemp("sine") / "sweep"
+    jobs = ("experiment=samek_sine", "algorithm=reptile", "k=1,2", "debug=smoke", *LIGHT, "hydra/launcher=basic")
+    run_train(sweep.parent, *jobs, f"hydra.sweep.dir={sweep}", multirun=True)
+    return sweep
+
+
+def _copy(sweep: Path, tmp_path: Path) -> Path:
+    shutil.copytree(sweep, tmp_path / "sweep")
+    return tmp_path / "sweep"
+
+
+DAMAGED_HYDRA = {  # a job's .hydra/hydra.yaml (where study.py reads the algorithm) left out, cut short or edited
+    "missing": (None, "is missing; restore it, or use a new run dir"),
+    "unparsable": ("hydra:\n  runtime: [\n", "cannot be read (while parsing a flow node); restore it"),
+    "no_choice": ("hydra: {runtime: {choices: {}}}\n", "names no algorithm (hydra.runtime.choices.algorithm); restore"),
+}
+
+
+@pytest.mark.parametrize("text,words", DAMAGED_HYDRA.values(), ids=DAMAGED_HYDRA)
+def test_a_damaged_hydra_record_is_one_line_and_exit_1(sine_sweep, tmp_path, capsys, text, words):
+    """Was a FileNotFoundError, a YAML traceback or an omegaconf error."""
+    sweep = _copy(sine_sweep, tmp_path)
+    record = sweep / "1" / ".hydra" / "hydra.yaml"
+    record.unlink() if text is None else record.write_text(text)
+    with pytest.raises(SystemExit) as exit:
+        study_script.main([str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and err.count("\n") == 1, err
+    assert f"error: {record} {words}" in err, err
+
+
+def test_an_error_not_utf8_is_read_and_an_error_folder_is_one_line(sine_sweep, tmp_path, capsys):
+    """A failed job's error.txt that is not UTF-8 is its row's status, U+FFFD for the odd bytes (was a
+    UnicodeDecodeError); an error.txt that is a folder is one line and exit 1 (was an IsADirectoryError)."""
+    sweep = _copy(sine_sweep, tmp_path)
+    (sweep / "1" / "summary.json").unlink()
+    (sweep / "1" / "error.txt").write_bytes(b"RuntimeError: caf\xe9 out of memory\n")
+    study(capsys, str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png"))
+    rows = {r["job"]: r for r in _csv(tmp_path / "k.csv")}
+    assert rows["1"]["status"] == "failed: RuntimeError: caf\ufffd out of memory" and rows["0"]["status"] == "finished"
+    (sweep / "1" / "error.txt").unlink()
+    (sweep / "1" / "error.txt").mkdir()
+    with pytest.raises(SystemExit) as exit:
+        study_script.main([str(sweep), "--plot", "k", "--out", str(tmp_path / "k.png")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 1 and err.count("\n") == 1, err
+    assert f"error: {sweep / '1' / 'error.txt'} is a folder where the job keeps a file; move it away" in err
 
 
 def _damaged_multirun(sweep: Path) -> None:

@@ -213,6 +213,29 @@ def test_a_damaged_overrides_record_is_a_damaged_job_of_the_summary(smoke_sweep,
     assert record.read_text() == text
 
 
+def test_an_error_or_run_id_not_utf8_is_read_and_an_error_folder_is_a_damaged_job(smoke_sweep, tmp_path):
+    """error.txt and wandb_run_id are read whatever their bytes (U+FFFD for what is not UTF-8); an error.txt that is a
+    folder makes the job damaged, named in its error (were a UnicodeDecodeError and an IsADirectoryError)."""
+    sweep = sweep_copy(smoke_sweep, tmp_path)
+    run_id = (sweep / "0" / "wandb_run_id").read_text().strip()
+    (sweep / "0" / "wandb_run_id").write_bytes(run_id.encode() + b"\xff\n")
+    (sweep / "1" / "summary.json").unlink()  # job 1 failed, its message written by other code, not in UTF-8
+    (sweep / "1" / "error.txt").write_bytes(b"RuntimeError: caf\xe9 out of memory\n")
+    out = summarize_script(tmp_path, sweep)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [(r["status"], r["k"]) for r in rows] == [("finished", "1"), ("failed", "2")]
+    assert rows[0]["wandb_run_id"] == run_id + "\ufffd" and rows[1]["error"] == "RuntimeError: caf\ufffd out of memory"
+    (sweep / "1" / "error.txt").unlink()
+    (sweep / "1" / "error.txt").mkdir()
+    out = summarize_script(tmp_path, sweep)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = read_csv(sweep / "sweep_summary.csv")
+    assert [r["status"] for r in rows] == ["finished", "damaged"] and rows[1]["k"] == "2"
+    assert rows[1]["error"] == f"{sweep / '1' / 'error.txt'} is a folder where the job keeps a file; move it away"
+    assert "2 jobs: 1 finished, 0 failed, 1 damaged, 0 incomplete" in (sweep / "sweep_summary.md").read_text()
+
+
 def test_the_summary_script_refuses_a_run_dir(smoke_sweep, tmp_path):
     run_dir = smoke_sweep / "0"
     out = summarize_script(tmp_path, run_dir)
@@ -398,3 +421,20 @@ def test_a_summary_without_a_runs_fields_is_a_damaged_job(tmp_path, text, words)
 
     row = job_row(fake_job(tmp_path / "sweep", 0, "k=2", text), tmp_path / "sweep")
     assert row["status"] == "damaged" and row["k"] == "2" and words in row["error"], row
+
+
+def test_a_run_id_folder_is_named_in_the_error_and_damages_only_a_job_without_results(tmp_path):
+    """A finished job keeps its status and results (the error column names the folder); one without results is
+    damaged."""
+    from reptile_exp.sweep import job_row
+
+    sweep = tmp_path / "sweep"
+    jobs = [fake_job(sweep, 0, "k=1", finished("test/mse", 0.5)), fake_job(sweep, 1, "k=2")]
+    for job in jobs:
+        (job / "wandb_run_id").mkdir()
+    rows = [job_row(job, sweep) for job in jobs]
+    assert [(r["status"], r["k"]) for r in rows] == [("finished", "1"), ("damaged", "2")]
+    assert rows[0]["objective"] == 0.5
+    named = [f"{j / 'wandb_run_id'} is a folder where the job keeps a file; move it away" for j in jobs]
+    assert [r["error"] for r in rows] == named
+    assert all("wandb_run_id" not in r for r in rows)
