@@ -7,12 +7,15 @@ config.yaml's knobs). scripts/paper_table.py sets these beside the paper's Table
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from . import strict_json
+from .atomic import atomic_write_text
 from .errors import ReptileExpError, first_line
 
 RESULT_FILES = ("summary.json", "evaluation.json")
@@ -134,8 +137,6 @@ def _training_time(run: Path) -> tuple[float | None, str]:
     """A training run's wall time: summed from metrics.jsonl's speeds (periodic evaluations included, the final
     evaluation not), else its summary.json's seconds (with the final evaluation). metrics.jsonl is read as a run
     reads it (MetricsFile: a line that is not JSON skipped, one not text or not a record DamagedFile)."""
-    from .tracking import MetricsFile  # tracking imports this module (DamagedFile)
-
     total, previous = 0.0, 0
     for r in MetricsFile(run / "metrics.jsonl").read():
         if "train/iters_per_s" in r:
@@ -210,3 +211,44 @@ def entries(run: Path) -> list[Entry]:
             )
         )
     return found
+
+
+class MetricsFile:
+    """metrics.jsonl: one JSON record per logged step, each with its `iteration`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop what was logged after the checkpoint a resume starts from: records past `iteration`
+        and the final evaluation's (`final/*` keys, logged after the last checkpoint)."""
+        if not self.path.exists():
+            return
+        kept = [r for r in self.read() if r["iteration"] <= iteration and not any(k.startswith("final/") for k in r)]
+        atomic_write_text(self.path, "".join(strict_json.dumps(r) + "\n" for r in kept))
+
+    def read(self) -> list[dict]:
+        """The records; a line cut short by a kill mid-write is skipped, anything else not a record is DamagedFile."""
+        if not self.path.exists():
+            return []
+        fix = "restore it, or move it away to start the metrics afresh"
+        try:
+            lines = self.path.read_text().splitlines()
+        except (UnicodeDecodeError, IsADirectoryError) as e:
+            raise DamagedFile(f"{self.path} cannot be read ({first_line(e)}); {fix}") from None
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = strict_json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
+                raise DamagedFile(f"{self.path} line {number} is not a metrics record (no iteration): {fix}")
+            records.append(record)
+        return records
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(strict_json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -7,7 +7,6 @@ exit code when the run raised.
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import strict_json
 from .atomic import atomic_write_text
 from .errors import ConfigError, first_line
-from .run_results import DamagedFile
+from .run_results import MetricsFile
 
 log = logging.getLogger(__name__)
 
@@ -50,47 +49,6 @@ def has_credentials(environ: Mapping[str, str]) -> bool:
 def wandb_mode(mode: str) -> str:
     """Resolve logger.mode "auto" in this process's environment (choose_mode)."""
     return choose_mode(mode, os.environ.get("WANDB_MODE"), has_credentials(os.environ))
-
-
-class MetricsFile:
-    """metrics.jsonl: one JSON record per logged step, each with its `iteration`."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop what was logged after the checkpoint a resume starts from: records past `iteration`
-        and the final evaluation's (`final/*` keys, logged after the last checkpoint)."""
-        if not self.path.exists():
-            return
-        kept = [r for r in self.read() if r["iteration"] <= iteration and not any(k.startswith("final/") for k in r)]
-        atomic_write_text(self.path, "".join(strict_json.dumps(r) + "\n" for r in kept))
-
-    def read(self) -> list[dict]:
-        """The records; a line cut short by a kill mid-write is skipped, anything else not a record is DamagedFile."""
-        if not self.path.exists():
-            return []
-        fix = "restore it, or move it away to start the metrics afresh"
-        try:
-            lines = self.path.read_text().splitlines()
-        except (UnicodeDecodeError, IsADirectoryError) as e:
-            raise DamagedFile(f"{self.path} cannot be read ({first_line(e)}); {fix}") from None
-        records = []
-        for number, line in enumerate(lines, 1):
-            try:
-                record = strict_json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("iteration"), int):
-                raise DamagedFile(f"{self.path} line {number} is not a metrics record (no iteration): {fix}")
-            records.append(record)
-        return records
-
-    def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(strict_json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
 
 
 class Tracker:

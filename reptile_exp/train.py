@@ -160,9 +160,6 @@ def run(cfg: DictConfig, out_dir: Path) -> float:
     if finished is not None:
         return finished
     fits.check(exp, training=not cfg.evaluate_only)  # a step or chunk that cannot fit: one line, nothing allocated
-    if not cfg.evaluate_only:  # a task that cannot be drawn (inner_batch above its examples): now, not at step 1
-        query = exp.algorithm.query_shots
-        exp.dataset.sample_train(1, cfg.k, cfg.inner_batch, torch.Generator(), cfg.replacement, query)
     if rank == 0 and not cfg.evaluate_only:  # before config.yaml: a metrics file that is not ours stops the run here
         MetricsFile(out_dir / "metrics.jsonl").truncate_after(exp.iteration)
     rundir.settle_hydra_record(job_dir, accepted=True)  # the run owns the dir: its Hydra record is the one

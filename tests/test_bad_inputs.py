@@ -249,7 +249,7 @@ CASES = [
         "config.yaml cannot be read",
     ),
 ]
-EARLY = ["tf32_before_data", "inner_batch", "eval_batch_replacement"]
+EARLY = ["tf32_before_data", "eval_batch_replacement"]
 
 
 def bool_cases() -> list[tuple[str, list[str], str]]:
