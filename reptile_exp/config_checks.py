@@ -430,8 +430,9 @@ def check_paths(cfg: DictConfig) -> None:
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
         key = RUN_DIRS[1] if getattr(hydra.get("mode"), "name", None) == "MULTIRUN" else RUN_DIRS[0]
-        if _empty(OmegaConf.select(hydra, key.removeprefix("hydra."))):
-            _empty_path(key, OmegaConf.select(hydra, key.removeprefix("hydra.")))
+        run_dir = OmegaConf.select(hydra, key.removeprefix("hydra."))
+        if _empty(run_dir):
+            _empty_path(key, run_dir)
 
 
 def check_given_paths(argv: list[str], environ: Mapping[str, str]) -> None:

@@ -156,9 +156,9 @@ def evaluate_modes(
     `split` with its 95% CI; the modes share the tasks and their adaptation (only the query pass differs).
 
     Inner minibatches are drawn with `replacement` or not, as in training. on_chunk(tasks) is called after each chunk
-    (a progress bar; it may raise to stop). A result is {"accuracy",
-    "accuracy_ci95"} for classification, {"mse", "mse_ci95"} for regression, with `curve` also "mse_curve" (the mean MSE
-    after 0..steps inner steps; regression has no transductive mode, so every mode gets the same result).
+    (a progress bar; it may raise to stop). A result is {"accuracy", "accuracy_ci95"} for classification, {"mse",
+    "mse_ci95"} for regression, with `curve` also "mse_curve" (the mean MSE after 0..steps inner steps; regression has
+    no transductive mode, so every mode gets the same result).
     """
     per_task, curves = [[] for _ in modes], []
     phi = {n: p.detach() for n, p in phi.items()}
